@@ -74,7 +74,8 @@ class NoteVerifier:
     @classmethod
     def parse(cls, vkey: str) -> NoteVerifier:
         """Parse ``name+hexid+base64key``; raises InputError if malformed or inconsistent."""
-        parts = vkey.strip().split("+")
+        # Split at the first two '+' only (Go's chop): standard base64 may hold '+'.
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3:
             raise InputError(f"verifier key {vkey!r}: want name+keyid+key")
         name, hex_id, b64 = parts
@@ -131,7 +132,7 @@ class NoteSigner:
 
     @classmethod
     def parse(cls, text: str) -> NoteSigner:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)  # the base64 key may hold '+' (Go's chop)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise InputError("signer key: want PRIVATE+KEY+name+keyid+key")
         name, hex_id, b64 = parts[2:]

@@ -1,0 +1,1 @@
+"""The dock daemon and its command line: offload sessions, ingest, CLI."""

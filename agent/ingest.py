@@ -1,0 +1,179 @@
+"""Ingest recordings into a station: copy, prove, commit (design.md steps 2 and 4).
+
+For each file: copy into staging while digesting, fsync and re-read
+(agent.copier); rename into the content-addressed store; then one ledger
+transaction appends the ``ingest`` entry together with the store's index rows.
+If the process dies between the rename and the commit, the stored file has no
+entry yet; ingesting the same source again finds it stored and only commits the
+entry, so every crash point converges without loss or duplicates.
+
+A source already ingested (same device, path, size and modification time) is
+not read again; a file whose bytes are already in the ledger is recorded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.copier import copy_and_verify, open_source
+from hashing import canonical
+from hashing.entries import INGEST
+from hashing.errors import DeviceError, EvidockError
+from hashing.station import Station
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Who and what a recording is bound to when it is ingested."""
+
+    officer: str | None = None
+    device: str | None = None
+    case: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    sha256: str
+    source: str  # the path as the operator gave it (for printing)
+    seq: int | None  # the ingest entry; None only when nothing was committed
+    new: bool  # False: already in the ledger, nothing recorded
+
+
+def _rfc3339_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def path_fields(path: Path) -> dict[str, str]:
+    """A source path as text, plus its raw bytes in hex when it is not UTF-8.
+
+    Camera file systems hand over GBK and worse; the ledger keeps the exact
+    bytes so nothing about a recording's origin is lost in translation.
+    """
+    raw = os.fsencode(path)
+    try:
+        return {"source_path": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {
+            "source_path": raw.decode("utf-8", "replace"),
+            "source_path_hex": raw.hex(),
+        }
+
+
+def source_key(binding: Binding, path: Path, size: int, mtime_ns: int) -> str:
+    ident = [binding.device or "", os.fsencode(path.absolute()).hex(), str(size), str(mtime_ns)]
+    return hashlib.sha256(canonical.dumps(ident)).hexdigest()
+
+
+def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:
+    """Ingest one regular file. Raises DeviceError (source unusable) or IntegrityError."""
+    fd = open_source(path)
+    try:
+        st = os.fstat(fd)
+        key = source_key(binding, path, st.st_size, st.st_mtime_ns)
+        known = station.ledger.execute(
+            "SELECT sha256, seq FROM sources WHERE source = ?", (key,)
+        )
+        if known:
+            return IngestResult(known[0][0], str(path), known[0][1], new=False)
+        staged = station.store.new_staging_path()
+        result = copy_and_verify(fd, staged, source_name=str(path))
+    finally:
+        os.close(fd)
+    digest = result.digest
+    sha = digest.sha256_hex
+    station.store.adopt(staged, sha, digest.size)
+    with station.ledger.transaction() as tx:
+        row = tx.conn.execute("SELECT seq FROM files WHERE sha256 = ?", (sha,)).fetchone()
+        if row is not None:
+            tx.conn.execute(
+                "INSERT OR IGNORE INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
+                (key, sha, row[0]),
+            )
+            return IngestResult(sha, str(path), int(row[0]), new=False)
+        body = {
+            "sha256": sha,
+            "size": digest.size,
+            "chunk_size": digest.chunk_size,
+            "chunk_root": digest.chunk_root.hex(),
+            "name": path.name if _is_text(path.name) else os.fsencode(path.name).hex(),
+            **path_fields(path),
+            "source_mtime": _rfc3339_ns(result.source_mtime_ns),
+            "device": binding.device,
+            "officer": binding.officer,
+            "case": binding.case,
+        }
+        entry = tx.append(INGEST, body)
+        tx.conn.execute(
+            "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                sha,
+                digest.size,
+                digest.chunk_size,
+                body["chunk_root"],
+                b"".join(digest.chunk_hashes),
+                entry.seq,
+                body["name"],
+            ),
+        )
+        tx.conn.execute(
+            "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)", (key, sha, entry.seq)
+        )
+    log.info("ingested %s as %s (entry %d)", path, sha, entry.seq)
+    return IngestResult(sha, str(path), entry.seq, new=True)
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def walk(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
+    """Files under the given paths in a stable order, with a reason for any refused.
+
+    Symlinks are never followed (a camera's link could point anywhere on the
+    dock); FIFOs and device nodes are refused by open_source.
+    """
+    for top in paths:
+        if top.is_symlink():
+            yield top, "is a symbolic link; not followed"
+        elif top.is_dir():
+            for folder, dirs, files in os.walk(top, followlinks=False):
+                dirs.sort()
+                base = Path(folder)
+                for d in dirs:
+                    if (base / d).is_symlink():
+                        yield base / d, "is a symbolic link; not followed"
+                for name in sorted(files):
+                    p = base / name
+                    yield p, ("is a symbolic link; not followed" if p.is_symlink() else None)
+        elif top.exists():
+            yield top, None
+        else:
+            yield top, "does not exist"
+
+
+def ingest_paths(
+    station: Station, paths: list[Path], binding: Binding
+) -> Iterator[IngestResult | tuple[Path, EvidockError]]:
+    """Ingest every file under ``paths``; yields results and per-file errors in order."""
+    for path, refused in walk(paths):
+        if refused is not None:
+            yield path, DeviceError(f"{path}: {refused}")
+            continue
+        try:
+            yield ingest_file(station, path, binding)
+        except EvidockError as e:
+            log.warning("%s", e)
+            yield path, e

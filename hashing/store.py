@@ -1,0 +1,71 @@
+"""The content-addressed store: ``store/ab/cd/<sha256>`` (design.md step 4).
+
+Files enter only by ``adopt``: a fully written, fsynced and re-read staging
+file is renamed into place and the folders fsynced. Stored files are 0400; the
+store has no delete operation (retention purges, a later part, are ledger
+entries first). Adopting a digest that is already stored keeps the stored copy
+and discards the new one, so re-docking never duplicates a recording.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from hashing._fsutil import fsync_dir, make_private_dir
+from hashing.errors import DigestMismatchError, InputError
+
+STORED_MODE = 0o400
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class Store:
+    def __init__(self, root: Path, staging: Path) -> None:
+        self.root = root
+        self.staging = staging
+
+    def ensure(self) -> None:
+        make_private_dir(self.root)
+        make_private_dir(self.staging)
+
+    def path_for(self, sha256_hex: str) -> Path:
+        if not _HEX64.fullmatch(sha256_hex):
+            raise InputError(f"{sha256_hex!r} is not a SHA-256 hex digest")
+        return self.root / sha256_hex[:2] / sha256_hex[2:4] / sha256_hex
+
+    def has(self, sha256_hex: str) -> bool:
+        return self.path_for(sha256_hex).is_file()
+
+    def new_staging_path(self) -> Path:
+        return self.staging / f"{secrets.token_hex(12)}.part"
+
+    def adopt(self, staged: Path, sha256_hex: str, size: int) -> Path:
+        """Move a verified staging file into the store; returns the stored path.
+
+        Raises DigestMismatchError if a file already stored under this digest
+        has another size (the store was tampered with; nothing is replaced).
+        """
+        target = self.path_for(sha256_hex)
+        if target.exists():
+            if target.stat().st_size != size:
+                raise DigestMismatchError(
+                    f"{target} has {target.stat().st_size} bytes but its name says {size}: "
+                    "the store was altered; run `evidock ledger verify`"
+                )
+            staged.unlink()
+            return target
+        for folder in (target.parent.parent, target.parent):
+            if not folder.is_dir():
+                make_private_dir(folder)
+                fsync_dir(folder.parent)
+        os.chmod(staged, STORED_MODE)
+        os.rename(staged, target)
+        fsync_dir(target.parent)
+        fsync_dir(self.staging)
+        return target
+
+    def stored(self) -> list[str]:
+        """Every digest present in the store (for audits: files no entry covers)."""
+        return sorted(p.name for p in self.root.glob("??/??/*") if _HEX64.fullmatch(p.name))

@@ -1,0 +1,1 @@
+"""MQTT file-transfer client with its durable outbox, and the platform-side receiver."""
