@@ -179,7 +179,8 @@ def _run_pipeline(
                 return
             # design.md step 2: fsync, then re-read what is left.
             os.fsync(out_fd)
-            for start, length in (pending, (window_start, written - window_start)):
+            rest = [pending] if pending is not None else []
+            for start, length in [*rest, (window_start, written - window_start)]:
                 if length:
                     os.posix_fadvise(out_fd, start, length, os.POSIX_FADV_DONTNEED)
                     to_check.put((start, length))
@@ -207,7 +208,9 @@ def _run_pipeline(
                 while start < end:
                     n = os.preadv(check_fd, [memoryview(buf)[: min(READ_SIZE, end - start)]], start)
                     if n == 0:
-                        raise DigestMismatchError(f"{source_name}: staged copy is shorter than written")
+                        raise DigestMismatchError(
+                            f"{source_name}: staged copy is shorter than written"
+                        )
                     check.update(memoryview(buf)[:n])
                     start += n
                     checked[0] += n

@@ -78,9 +78,7 @@ def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:
     try:
         st = os.fstat(fd)
         key = source_key(binding, path, st.st_size, st.st_mtime_ns)
-        known = station.ledger.execute(
-            "SELECT sha256, seq FROM sources WHERE source = ?", (key,)
-        )
+        known = station.ledger.execute("SELECT sha256, seq FROM sources WHERE source = ?", (key,))
         if known:
             return IngestResult(known[0][0], str(path), known[0][1], new=False)
         staged = station.store.new_staging_path()

@@ -12,14 +12,13 @@ language reads them back unchanged.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 from hashing.errors import InputError
 
-JSONValue: TypeAlias = (
-    None | bool | int | str | Sequence["JSONValue"] | Mapping[str, "JSONValue"]
-)
+JSONValue: TypeAlias = bool | int | str | Sequence["JSONValue"] | Mapping[str, "JSONValue"] | None
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -106,6 +105,27 @@ def loads(data: bytes) -> Any:
         raise InputError(f"not canonical JSON: {e}") from e
     if not isinstance(value, dict | list):
         raise InputError("not canonical JSON: top level must be an object or array")
-    if dumps(value) != data:
+    if _needs_full_check(data):
+        canonical = dumps(value)
+    else:
+        # Fast path for the common case (verifying a million entries): with no
+        # characters at or above U+E000 (UTF-8 lead byte 0xEE), code-point order
+        # equals JCS's UTF-16 order, and with no run of 16+ digits every integer
+        # is in the exact range, so the C encoder's output is the canonical form.
+        try:
+            canonical = _FAST_ENCODER.encode(value).encode("utf-8")
+        except UnicodeEncodeError as e:  # an escaped lone surrogate, e.g. "\ud800"
+            raise InputError("not canonical JSON: string holds an unpaired surrogate") from e
+    if canonical != data:
         raise InputError("not canonical JSON: bytes differ from the canonical encoding")
     return value
+
+
+_FAST_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+)
+_LONG_NUMBER = re.compile(rb"[0-9]{16}")
+
+
+def _needs_full_check(data: bytes) -> bool:
+    return max(data, default=0) >= 0xEE or _LONG_NUMBER.search(data) is not None

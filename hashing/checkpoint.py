@@ -32,7 +32,12 @@ class Checkpoint:
     extensions: tuple[str, ...] = ()
 
     def body(self) -> str:
-        lines = [self.origin, str(self.size), base64.b64encode(self.root).decode(), *self.extensions]
+        lines = [
+            self.origin,
+            str(self.size),
+            base64.b64encode(self.root).decode(),
+            *self.extensions,
+        ]
         return "".join(f"{line}\n" for line in lines)
 
     @property
@@ -69,7 +74,9 @@ class SignedCheckpoint:
     note: str  # the exact signed-note text, as published
 
     @classmethod
-    def open(cls, note: str | bytes, verifiers: list[NoteVerifier]) -> tuple[SignedCheckpoint, OpenedNote]:
+    def open(
+        cls, note: str | bytes, verifiers: list[NoteVerifier]
+    ) -> tuple[SignedCheckpoint, OpenedNote]:
         """Verify the note with the given keys and parse its body (InputError, SignatureError)."""
         opened = open_note(note, verifiers)
         text = note.decode() if isinstance(note, bytes) else note
@@ -102,7 +109,9 @@ class CheckpointSigner:
         except (OSError, ValueError) as e:
             raise InputError(f"{self.state_path}: unreadable signer state: {e}") from e
         if state.get("origin") != self.origin:
-            raise InputError(f"{self.state_path}: signer state is for origin {state.get('origin')!r}")
+            raise InputError(
+                f"{self.state_path}: signer state is for origin {state.get('origin')!r}"
+            )
         return int(state["size"]), base64.b64decode(state["root"])
 
     def sign(

@@ -65,8 +65,8 @@ class _WholeFileHasher(threading.Thread):
             if self._stop:
                 return
             try:
-                assert self._work is not None
-                self.hash.update(self._work)
+                if self._work is not None:
+                    self.hash.update(self._work)
             except BaseException as e:  # noqa: BLE001 - handed back to the caller
                 self._error = e
             self._work = None
@@ -164,7 +164,9 @@ class StreamDigester:
         self.close()
 
 
-def digest_file(path: Path, *, chunk_size: int = CHUNK_SIZE, drop_cache: bool = False) -> FileDigest:
+def digest_file(
+    path: Path, *, chunk_size: int = CHUNK_SIZE, drop_cache: bool = False
+) -> FileDigest:
     """Digest a file already on disk (verifiers, scrubs).
 
     With ``drop_cache`` the kernel is asked to forget the file's cached pages

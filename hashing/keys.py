@@ -76,9 +76,7 @@ class KeyStore:
         log.info("station key replaced by %s", new.verifier.vkey)
 
 
-def rotation_body(
-    station: str, seq: int, old: NoteSigner, new: NoteSigner
-) -> dict[str, str]:
+def rotation_body(station: str, seq: int, old: NoteSigner, new: NoteSigner) -> dict[str, str]:
     statement = rotation_statement(station, seq, old.verifier.vkey, new.verifier.vkey)
     return {
         "old_key": old.verifier.vkey,

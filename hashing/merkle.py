@@ -154,6 +154,9 @@ def verify_consistency(
     """RFC 9162 §2.1.4.2. Raises ProofError unless the old tree is a prefix of the new."""
     if not 0 <= old_size <= new_size:
         raise ProofError(f"tree shrank from {old_size} to {new_size} leaves")
+    if old_size == 0 and old_root != EMPTY_ROOT:
+        # MTH({}) is fixed (RFC 9162 §2.1.1): any other head for size 0 is not a tree head.
+        raise ProofError("the tree head for size 0 must be SHA-256 of the empty string")
     if old_size == new_size:
         if proof:
             raise ProofError("consistency proof between equal sizes must be empty")

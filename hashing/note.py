@@ -153,7 +153,9 @@ class NoteSignature:
     signature: bytes
 
     def line(self) -> str:
-        return f"{SIG_PREFIX}{self.name} {base64.b64encode(self.key_id + self.signature).decode()}\n"
+        return (
+            f"{SIG_PREFIX}{self.name} {base64.b64encode(self.key_id + self.signature).decode()}\n"
+        )
 
 
 @dataclass(frozen=True)
@@ -177,9 +179,7 @@ def check_text(text: str) -> None:
 def sign_note(text: str, signers: list[NoteSigner]) -> str:
     check_text(text)
     message = text.encode()
-    lines = [
-        NoteSignature(s.name, s.verifier.key_id, s.sign(message)).line() for s in signers
-    ]
+    lines = [NoteSignature(s.name, s.verifier.key_id, s.sign(message)).line() for s in signers]
     return text + "\n" + "".join(lines)
 
 
@@ -241,5 +241,8 @@ def open_note(note: str | bytes, verifiers: list[NoteVerifier]) -> OpenedNote:
         verified.append(verifier)
     if not verified:
         signed_by = ", ".join(f"{s.name}+{s.key_id.hex()}" for s in unverified) or "nobody"
-        raise UnknownSignerError(f"note is not signed by a trusted key (signed by: {signed_by})")
+        raise UnknownSignerError(
+            f"not signed by any key you trust (signed by: {signed_by}); if the station has "
+            "rotated its key since, pass the key that was in force then as well"
+        )
     return OpenedNote(text, tuple(verified), tuple(unverified))

@@ -88,11 +88,15 @@ class Station:
         ledger = Ledger(db_path)
         ledger.migrate()
         station = cls(home, ledger, keys, store)
-        station._finish_rotation()
+        station._finish_rotation(interrupted=True)
         return station
 
-    def _finish_rotation(self) -> None:
-        """Complete a rotation interrupted between its entry and the key swap."""
+    def _finish_rotation(self, *, interrupted: bool = False) -> None:
+        """Swap in the staged key once its rotation entry is in the ledger.
+
+        On open, this completes a rotation interrupted between its entry and
+        the key swap, or discards a staged key whose entry never committed.
+        """
         staged = self.keys.folder / "station.key.next"
         if not staged.exists():
             return
@@ -100,7 +104,8 @@ class Station:
         if self.key_history().epochs[-1].key == pending.verifier:
             if self.keys.load().verifier != pending.verifier:
                 self.keys.replace(pending)
-            log.warning("completed an interrupted key rotation")
+            if interrupted:
+                log.warning("completed an interrupted key rotation")
         else:
             log.warning("discarding a key rotation that never committed")
         staged.unlink()

@@ -1,0 +1,352 @@
+"""The `evidock` command line (issue contract: commands, options and exit codes).
+
+Exit codes (style.md 8): 0 ok/verified, 1 integrity failure found, 2 usage or
+input error, 3 could not verify. Messages say what, where and what to do; a
+traceback only with --verbose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agent.demo import run_demo
+from agent.ingest import Binding, IngestResult, ingest_paths
+from hashing.audit import audit
+from hashing.bundle import Selection, export_bundle
+from hashing.errors import ConfigError, EvidockError, InputError, IntegrityError
+from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE, EXIT_USAGE
+from hashing.note import NoteVerifier
+from hashing.proofs_json import consistency_json, inclusion_json
+from hashing.station import DEFAULT_HOME, Station
+from hashing.verify import verify_bundle
+
+log = logging.getLogger("evidock")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home or os.environ.get("EVIDOCK_HOME") or DEFAULT_HOME)
+
+
+def _open(args: argparse.Namespace) -> Station:
+    return Station.open(_home(args))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    station = Station.init(_home(args), args.station_id, args.origin)
+    print(f"station {station.station_id} created in {station.home}")
+    print(f"origin: {station.origin}")
+    print(f"verifier key: {station.keys.load().verifier.vkey}")
+    station.close()
+    return EXIT_OK
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    station = _open(args)
+    print(station.keys.load().verifier.vkey)
+    return EXIT_OK
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    station = _open(args)
+    entry = station.rotate_key()
+    print(f"key rotated at entry {entry.seq}; new verifier key:")
+    print(station.keys.load().verifier.vkey)
+    return EXIT_OK
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    station = _open(args)
+    binding = Binding(officer=args.officer, device=args.device, case=args.case)
+    failed = 0
+    out = sys.stdout
+    for item in ingest_paths(station, [Path(p) for p in args.paths], binding):
+        if isinstance(item, IngestResult):
+            out.write(f"{item.sha256}  {_printable(item.source)}\n")
+            out.flush()
+        else:
+            _, error = item
+            failed += 1
+            print(f"evidock: not ingested: {error}", file=sys.stderr)
+            if isinstance(error, IntegrityError):
+                return EXIT_INTEGRITY
+    station.checkpoint()
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    station = _open(args)
+    sys.stdout.write(station.checkpoint().note)
+    return EXIT_OK
+
+
+def cmd_ledger_entries(args: argparse.Namespace) -> int:
+    station = _open(args)
+    out = sys.stdout.buffer
+    for _, raw in station.ledger.raw_entries(args.start, args.end):
+        out.write(raw + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    station = _open(args)
+    held = _read_text(args.checkpoint) if args.checkpoint else None
+    report = audit(station, held_note=held, files=not args.no_files)
+    _emit(report.as_dict() if args.json else report.render(), args.json)
+    return report.exit_code
+
+
+def _latest_size(station: Station) -> int:
+    latest = station.ledger.latest_checkpoint()
+    if latest is None:
+        raise InputError("no checkpoint yet; run `evidock checkpoint`")
+    return latest.checkpoint.size
+
+
+def cmd_prove_inclusion(args: argparse.Namespace) -> int:
+    station = _open(args)
+    size = args.size if args.size is not None else _latest_size(station)
+    if not 0 <= args.index < size:
+        raise InputError(f"entry {args.index} is not in a tree of size {size}")
+    proof = station.ledger.inclusion_proof(args.index, size)
+    print(json.dumps(inclusion_json(args.index, size, station.ledger.root(size), proof)))
+    return EXIT_OK
+
+
+def cmd_prove_consistency(args: argparse.Namespace) -> int:
+    station = _open(args)
+    new = args.new if args.new is not None else _latest_size(station)
+    if not 0 <= args.old <= new:
+        raise InputError(f"no consistency proof from size {args.old} to {new}")
+    ledger = station.ledger
+    proof = ledger.consistency_proof(args.old, new)
+    print(
+        json.dumps(consistency_json(args.old, new, ledger.root(args.old), ledger.root(new), proof))
+    )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    station = _open(args)
+    selection = Selection(case=args.case, sha256=tuple(args.sha256 or ()), all=args.all)
+    out = export_bundle(station, selection, Path(args.out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"exported {len(manifest['files'])} recording(s) to {out}")
+    print(
+        f"checkpoint: tree size {manifest['tree_size']}; export recorded as entry {manifest['export_entry']}"
+    )
+    return EXIT_OK
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnverifiableError(f"{path}: cannot read: {e}") from e
+
+
+class UnverifiableError(EvidockError):
+    """Verification cannot start: a key or checkpoint the auditor named is unusable."""
+
+
+def _load_keys(values: Sequence[str]) -> list[NoteVerifier]:
+    keys = []
+    for value in values:
+        text = value
+        if "+" not in value or Path(value).exists():
+            text = _read_text(value)
+        for line in text.splitlines():
+            if line.strip():
+                try:
+                    keys.append(NoteVerifier.parse(line.strip()))
+                except InputError as e:
+                    raise UnverifiableError(f"key {value!r}: {e}") from e
+    if not keys:
+        raise UnverifiableError("no verifier key given")
+    return keys
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    keys = _load_keys(args.key)
+    held = _read_text(args.checkpoint) if args.checkpoint else None
+    report = verify_bundle(Path(args.bundle), keys, held)
+    _emit(report.as_dict() if args.json else report.render(), args.json)
+    return report.exit_code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(_home(args), Path(args.out) if args.out else None)
+
+
+def _emit(value: object, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(value, indent=1, ensure_ascii=False))
+    else:
+        sys.stdout.write(str(value))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"station folder (env EVIDOCK_HOME, default {DEFAULT_HOME})",
+    )
+    common.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log details and show tracebacks",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="evidock",
+        description="Docking-station evidence ledger: ingest, prove, export and verify recordings.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str,
+        handler: Handler,
+        help_text: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("init", cmd_init, "create a station: key, ledger, store")
+    p.add_argument("--station-id", required=True, metavar="ID")
+    p.add_argument(
+        "--origin", metavar="ORIGIN", help="checkpoint origin (default evidock/<station-id>)"
+    )
+
+    key = sub.add_parser("key", help="the station's signing key").add_subparsers(
+        dest="key_command", required=True, metavar="ACTION"
+    )
+    add("show", cmd_key_show, "print the station's verifier key (signed-note format)", key)
+    add("rotate", cmd_key_rotate, "replace the signing key (entry signed by old and new key)", key)
+
+    p = add("ingest", cmd_ingest, "import files or folder trees as a dock would")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--case", metavar="ID")
+    p.add_argument("--officer", metavar="ID")
+    p.add_argument("--device", metavar="SERIAL")
+
+    add("checkpoint", cmd_checkpoint, "sign a checkpoint if the log grew; print the latest")
+
+    ledger = sub.add_parser("ledger", help="read or audit the ledger").add_subparsers(
+        dest="ledger_command", required=True, metavar="ACTION"
+    )
+    p = add("entries", cmd_ledger_entries, "print entries exactly as hashed, one per line", ledger)
+    p.add_argument("--start", type=int, default=0, metavar="N")
+    p.add_argument("--end", type=int, default=None, metavar="M", help="exclusive")
+    p = add(
+        "verify",
+        cmd_ledger_verify,
+        "full local audit: chain, tree, checkpoints, signatures, files",
+        ledger,
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a checkpoint kept from earlier: detects rollback and fork",
+    )
+    p.add_argument("--no-files", action="store_true", help="skip re-reading stored files")
+
+    prove = sub.add_parser("prove", help="print RFC 9162 proofs").add_subparsers(
+        dest="prove_command", required=True, metavar="KIND"
+    )
+    p = add("inclusion", cmd_prove_inclusion, "inclusion proof of entry INDEX", prove)
+    p.add_argument("index", type=int, metavar="INDEX")
+    p.add_argument("--size", type=int, metavar="N", help="tree size (default: latest checkpoint)")
+    p = add(
+        "consistency", cmd_prove_consistency, "consistency proof from tree size OLD to NEW", prove
+    )
+    p.add_argument("old", type=int, metavar="OLD")
+    p.add_argument("new", type=int, nargs="?", metavar="NEW", help="default: latest checkpoint")
+
+    p = add("export", cmd_export, "write a self-contained, verifiable bundle")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--case", metavar="ID")
+    which.add_argument("--sha256", nargs="+", metavar="HEX")
+    which.add_argument("--all", action="store_true")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = add("verify", cmd_verify, "verify an export bundle offline with a trusted key")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        metavar="KEY",
+        help="verifier key, or a file holding one (repeatable)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a checkpoint you already hold: detects rollback and fork",
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = add(
+        "demo", cmd_demo, "make sample footage, ingest, export and verify it, saying what happens"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="where to write the bundle (default HOME/../demo-export)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_OK if e.code == 0 else EXIT_USAGE
+    for name in ("home", "verbose"):
+        if not hasattr(args, name):
+            setattr(args, name, None if name == "home" else False)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UnverifiableError as e:
+        return _fail(args, e, EXIT_UNVERIFIABLE)
+    except IntegrityError as e:
+        return _fail(args, e, EXIT_INTEGRITY)
+    except (ConfigError, InputError, EvidockError) as e:
+        return _fail(args, e, EXIT_USAGE)
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
+    if args.verbose:
+        log.exception("%s", error)
+    print(f"evidock: {error}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The offline verifier of export bundles. It trusts only the keys the auditor passes.
+
+Order of reasoning: the checkpoint must be signed by a key the auditor trusts,
+directly or through rotation entries signed by a trusted key, and by the key
+that was in force at the checkpoint's tree size; every entry must be proven
+into that checkpoint's tree; every file must match the digest its proven entry
+records; and a checkpoint the auditor already holds must be a prefix of this
+one (no rollback, no fork). Each failure is reported with its place; checking
+goes on after a failure so one report names everything that is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hashing.checkpoint import Checkpoint
+from hashing.digest import CHUNK_SIZE, chunk_ranges_differing, digest_file
+from hashing.entries import GENESIS, INGEST, KEY_ROTATION, Entry
+from hashing.errors import EvidockError, InputError, ProofError, SignatureError, UnknownSignerError
+from hashing.findings import (
+    BAD_SIGNATURE,
+    CHAIN_BROKEN,
+    ENTRY_ALTERED,
+    ENTRY_MISSING,
+    ENTRY_REORDERED,
+    FILE_ADDED,
+    FILE_MISSING,
+    FILE_MODIFIED,
+    FORK,
+    MALFORMED,
+    PROOF_FAILURE,
+    ROLLBACK,
+    UNKNOWN_SIGNATURE,
+    Report,
+)
+from hashing.keys import KeyHistory
+from hashing.merkle import root_of, verify_consistency, verify_inclusion
+from hashing.note import NoteVerifier, open_note, parse_note
+
+
+def trusted_keys(history: KeyHistory | None, anchors: Sequence[NoteVerifier]) -> list[NoteVerifier]:
+    """The anchors plus every key a trusted key handed over to by rotation."""
+    trusted = list(anchors)
+    if history is None:
+        return trusted
+    handed_over = False
+    for epoch in history.epochs:
+        if handed_over and epoch.key not in trusted:
+            trusted.append(epoch.key)
+        handed_over = handed_over or epoch.key in trusted
+    return trusted
+
+
+def check_signed_checkpoint(
+    report: Report,
+    place: str,
+    note: str,
+    anchors: Sequence[NoteVerifier],
+    history: KeyHistory | None,
+) -> Checkpoint | None:
+    """Verify a checkpoint note; add findings; return its body only if it verified."""
+    keys = trusted_keys(history, anchors)
+    try:
+        text, _ = parse_note(note)
+        checkpoint = Checkpoint.parse(text)
+    except InputError as e:
+        report.add(BAD_SIGNATURE, place, f"checkpoint is malformed: {e}")
+        return None
+    try:
+        opened = open_note(note, keys)
+    except UnknownSignerError as e:
+        report.add(UNKNOWN_SIGNATURE, place, str(e))
+        return None
+    except SignatureError as e:
+        report.add(BAD_SIGNATURE, place, str(e))
+        return None
+    if history is not None:
+        expected = history.key_for_size(checkpoint.size)
+        if expected not in opened.verified:
+            signer = opened.verified[0]
+            epoch = history.epoch_of(signer)
+            when = (
+                f"in force from tree size {epoch.from_size}" if epoch else "not in the key history"
+            )
+            report.add(
+                BAD_SIGNATURE,
+                place,
+                f"signed by {signer.vkey} ({when}), but the key in force at tree size "
+                f"{checkpoint.size} is {expected.vkey}",
+            )
+            return None
+    return checkpoint
+
+
+def check_held_checkpoint(
+    report: Report,
+    held_note: str,
+    anchors: Sequence[NoteVerifier],
+    history: KeyHistory | None,
+    current: Checkpoint,
+    consistency: Iterable[dict[str, Any]],
+) -> None:
+    """Compare a checkpoint the auditor holds with the current one: rollback or fork."""
+    probe = Report("held checkpoint")
+    held = check_signed_checkpoint(probe, "held checkpoint", held_note, anchors, history)
+    if held is None:
+        report.cannot(
+            "the checkpoint you hold does not verify with the key you gave: "
+            + "; ".join(f.detail for f in probe.findings)
+        )
+        return
+    if held.origin != current.origin:
+        report.cannot(f"the checkpoint you hold is for {held.origin}, not {current.origin}")
+        return
+    if held.size > current.size:
+        report.add(
+            ROLLBACK,
+            "checkpoint",
+            f"tree size {current.size} is older than the checkpoint you hold (size {held.size}): "
+            "entries after it were removed or the ledger was rolled back",
+        )
+        return
+    if held.size == current.size:
+        if held.root != current.root:
+            report.add(FORK, "checkpoint", f"two different trees of size {held.size}")
+        return
+    for proof in consistency:
+        if proof.get("old_size") != held.size:
+            continue
+        try:
+            hashes = [_b64(h) for h in proof["hashes"]]
+            if proof.get("new_size") != current.size:
+                raise ProofError(f"proof is to size {proof.get('new_size')}, not {current.size}")
+            verify_consistency(held.size, current.size, held.root, current.root, hashes)
+        except (ProofError, InputError, KeyError, TypeError) as e:
+            report.add(
+                FORK,
+                "checkpoint",
+                f"tree of size {current.size} does not extend the one you hold (size "
+                f"{held.size}): {e}",
+            )
+        return
+    report.cannot(
+        f"no consistency proof from tree size {held.size} in this bundle; ask the dock for "
+        f"`evidock prove consistency {held.size} {current.size}`"
+    )
+
+
+def _b64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise InputError("hash is not a string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError("hash is not base64") from e
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise InputError(f"{path.name} line {i} is not an object")
+        rows.append(row)
+    return rows
+
+
+def verify_bundle(
+    folder: Path, anchors: Sequence[NoteVerifier], held_note: str | None = None
+) -> Report:
+    """Verify an export bundle offline. Never raises for bad content: it reports."""
+    report = Report(str(folder))
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        note = (folder / "checkpoint.txt").read_text(encoding="utf-8")
+        raw_entries = (folder / "entries.jsonl").read_bytes()
+    except (OSError, ValueError) as e:
+        report.cannot(f"not a readable evidock bundle: {e}")
+        return report
+    if not isinstance(manifest, dict) or manifest.get("format") != "evidock-bundle/1":
+        report.cannot("manifest.json is not an evidock-bundle/1 manifest")
+        return report
+    try:
+        proofs = _read_jsonl(folder / "proofs" / "inclusion.jsonl")
+    except (OSError, ValueError) as e:
+        report.add(MALFORMED, "proofs/inclusion.jsonl", f"unreadable: {e}")
+        proofs = []
+    try:
+        consistency = _read_jsonl(folder / "proofs" / "consistency.jsonl")
+    except (OSError, ValueError):
+        consistency = []
+
+    # The checkpoint body, unverified for now: the key history it needs is in
+    # the entries, which are only trusted once proven into this very tree.
+    try:
+        claimed = Checkpoint.parse(parse_note(note)[0])
+    except InputError as e:
+        report.add(BAD_SIGNATURE, "checkpoint.txt", f"checkpoint is malformed: {e}")
+        return report
+
+    entries = _check_entries(report, raw_entries, proofs, claimed, manifest)
+    history: KeyHistory | None = None
+    key_entries = [e for s, e in sorted(entries.items()) if e.type in (GENESIS, KEY_ROTATION)]
+    if 0 not in entries:
+        report.add(
+            ENTRY_MISSING, "entries.jsonl", "the genesis entry (0) is missing: key history unknown"
+        )
+    else:
+        try:
+            history = KeyHistory.from_entries(key_entries)
+        except SignatureError as e:
+            report.add(BAD_SIGNATURE, "key history", str(e))
+        except InputError as e:
+            report.add(MALFORMED, "key history", str(e))
+    checkpoint = check_signed_checkpoint(report, "checkpoint.txt", note, anchors, history)
+    if checkpoint is not None:
+        report.checked["checkpoint"] = (
+            f"{checkpoint.origin} size {checkpoint.size}, signature verified"
+        )
+        if manifest.get("origin") != checkpoint.origin:
+            report.add(MALFORMED, "manifest.json", "origin differs from the checkpoint's")
+        if held_note is not None:
+            check_held_checkpoint(report, held_note, anchors, history, checkpoint, consistency)
+    elif held_note is not None:
+        report.cannot(
+            "the held checkpoint was not compared: this bundle's checkpoint did not verify"
+        )
+    report.checked["entries proven"] = len(entries)
+    _check_files(report, folder, manifest, entries)
+    return report
+
+
+def _check_entries(
+    report: Report,
+    raw: bytes,
+    proofs: list[dict[str, Any]],
+    checkpoint: Checkpoint,
+    manifest: dict[str, Any],
+) -> dict[int, Entry]:
+    """Parse, order-check and prove every entry; return those proven, by seq."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for p in proofs:
+        if isinstance(p.get("index"), int):
+            by_index[p["index"]] = p
+    leaves = {
+        m.get("seq"): m.get("leaf") for m in manifest.get("entries", []) if isinstance(m, dict)
+    }
+    proven: dict[int, Entry] = {}
+    seen: list[int] = []
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        place = f"entries.jsonl line {number}"
+        try:
+            entry = Entry.parse(line)
+        except InputError as e:
+            report.add(ENTRY_ALTERED, place, f"not a well-formed entry: {e}")
+            continue
+        place = f"entry {entry.seq}"
+        if seen and entry.seq <= seen[-1]:
+            report.add(
+                ENTRY_REORDERED,
+                place,
+                f"appears after entry {seen[-1]}" if entry.seq < seen[-1] else "appears twice",
+            )
+        seen.append(entry.seq)
+        proof = by_index.get(entry.seq)
+        if proof is None:
+            report.add(PROOF_FAILURE, place, "no inclusion proof for this entry")
+            continue
+        try:
+            if proof.get("tree_size") != checkpoint.size:
+                raise ProofError(f"proof is for tree size {proof.get('tree_size')}")
+            hashes = [_b64(h) for h in proof.get("hashes", [])]
+            verify_inclusion(entry.leaf, entry.seq, checkpoint.size, hashes, checkpoint.root)
+        except (ProofError, InputError) as e:
+            if leaves.get(entry.seq) not in (None, entry.leaf.hex()):
+                report.add(ENTRY_ALTERED, place, f"bytes differ from the signed tree ({e})")
+            else:
+                report.add(PROOF_FAILURE, place, str(e))
+            continue
+        proven[entry.seq] = entry
+    for seq in sorted(leaves, key=lambda s: s if isinstance(s, int) else -1):
+        if isinstance(seq, int) and seq not in seen:
+            report.add(
+                ENTRY_MISSING, f"entry {seq}", "listed in manifest.json but not in entries.jsonl"
+            )
+    for seq, entry in proven.items():
+        before = proven.get(seq - 1)
+        if before is not None and entry.prev != before.digest:
+            report.add(CHAIN_BROKEN, f"entry {seq}", f"prev does not match entry {seq - 1}")
+    return proven
+
+
+def _check_files(
+    report: Report, folder: Path, manifest: dict[str, Any], entries: dict[int, Entry]
+) -> None:
+    ingests = {str(e.body.get("sha256")): e for e in entries.values() if e.type == INGEST}
+    listed: dict[str, dict[str, Any]] = {}
+    for f in manifest.get("files", []):
+        if isinstance(f, dict) and isinstance(f.get("path"), str):
+            listed[f["path"]] = f
+    by_sha = {str(f.get("sha256")): path for path, f in listed.items()}
+    exported = manifest.get("export_entry")
+    exported_files = (
+        set(entries[exported].body.get("files", []))
+        if isinstance(exported, int) and exported in entries
+        else None
+    )
+    intact = 0
+    actual_sha: dict[str, str] = {}
+    for sha, entry in sorted(ingests.items(), key=lambda kv: kv[1].seq):
+        if exported_files is not None and sha not in exported_files:
+            continue  # an entry carried for context, not a file of this export
+        path = by_sha.get(sha)
+        if path is None or not (folder / path).is_file():
+            report.add(
+                FILE_MISSING, path or f"entry {entry.seq}", f"recording {sha} is not in the bundle"
+            )
+            continue
+        result = _check_file(report, folder, path, entry)
+        actual_sha[path] = result
+        intact += result == sha
+    # A file whose bytes are another entry's: say so, it is the likeliest story.
+    for path, got in actual_sha.items():
+        if got != listed[path].get("sha256") and got in ingests:
+            report.add(
+                FILE_MODIFIED,
+                path,
+                f"holds the bytes of entry {ingests[got].seq} ({got}): files were swapped",
+            )
+    if exported_files is not None:
+        for sha in sorted(exported_files - set(ingests)):
+            report.add(
+                ENTRY_MISSING, by_sha.get(sha, sha), "exported file has no proven ingest entry"
+            )
+    covered = {by_sha[s] for s in ingests if s in by_sha}
+    on_disk = (
+        {
+            str(p.relative_to(folder))
+            for p in (folder / "files").rglob("*")
+            if p.is_file() or p.is_symlink()
+        }
+        if (folder / "files").is_dir()
+        else set()
+    )
+    for path in sorted(on_disk - covered):
+        report.add(FILE_ADDED, path, "no proven ledger entry covers this file")
+    _check_sums(report, folder, listed)
+    report.checked["files intact"] = f"{intact} of {len(listed)}"
+
+
+def _check_file(report: Report, folder: Path, path: str, entry: Entry) -> str:
+    """Compare one file with its entry; return the file's actual SHA-256 hex."""
+    target = folder / path
+    if target.is_symlink():
+        report.add(FILE_MODIFIED, path, "is a symbolic link, not the recording")
+        return ""
+    got = digest_file(target)
+    sha, size = str(entry.body["sha256"]), entry.body.get("size")
+    if got.sha256_hex == sha and got.size == size:
+        return sha
+    detail = f"SHA-256 {got.sha256_hex} and {got.size} bytes, recorded {sha} and {size} bytes"
+    try:
+        chunks = json.loads((folder / "chunks" / f"{sha}.json").read_text())
+        expected = [bytes.fromhex(h) for h in chunks["hashes"]]
+        chunk_size = int(chunks.get("chunk_size", CHUNK_SIZE))
+        if root_of(expected).hex() != entry.body.get("chunk_root") or chunk_size != entry.body.get(
+            "chunk_size"
+        ):
+            raise InputError("chunk hashes do not match the entry's chunk_root")
+        if chunk_size != got.chunk_size:
+            got = digest_file(target, chunk_size=chunk_size)
+        ranges = chunk_ranges_differing(
+            expected, list(got.chunk_hashes), int(size or 0), got.size, chunk_size
+        )
+        where = ", ".join(f"bytes {a}-{b - 1}" for a, b in ranges)
+        detail = f"{where} differ ({detail})"
+    except (OSError, ValueError, KeyError, TypeError, EvidockError) as e:
+        detail = f"{detail}; changed ranges unknown: {e}"
+    report.add(FILE_MODIFIED, path, detail)
+    return got.sha256_hex
+
+
+def _check_sums(report: Report, folder: Path, listed: dict[str, dict[str, Any]]) -> None:
+    try:
+        text = (folder / "SHA256SUMS").read_text(encoding="utf-8")
+    except OSError:
+        report.add(MALFORMED, "SHA256SUMS", "missing: coreutils users cannot check the files")
+        return
+    sums = {}
+    for line in text.splitlines():
+        sha, _, path = line.partition("  ")
+        sums[path] = sha
+    for path, f in listed.items():
+        if sums.get(path) != f.get("sha256"):
+            report.add(
+                MALFORMED, "SHA256SUMS", f"line for {path} is missing or differs from the manifest"
+            )
