@@ -1,0 +1,232 @@
+"""Every `evidock` command, through main([...]) as scripts use it (style.md 18)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.cli import build_parser, main
+from hashing.checkpoint import Checkpoint
+from hashing.entries import Entry
+from hashing.merkle import leaf_hash, verify_consistency, verify_inclusion
+from hashing.note import NoteVerifier, open_note
+
+COMMANDS = [
+    ["init"],
+    ["key", "show"],
+    ["key", "rotate"],
+    ["ingest"],
+    ["checkpoint"],
+    ["ledger", "entries"],
+    ["ledger", "verify"],
+    ["prove", "inclusion"],
+    ["prove", "consistency"],
+    ["export"],
+    ["verify"],
+    ["demo"],
+]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("EVIDOCK_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def footage(tmp_path: Path) -> Path:
+    folder = tmp_path / "DCIM" / "100MEDIA"
+    folder.mkdir(parents=True)
+    for i, size in enumerate((10, 3 << 20, 0)):
+        (folder / f"CLIP{i:04d}.MP4").write_bytes(os.urandom(size))
+    return tmp_path / "DCIM"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0
+    assert "usage: evidock" in out
+    assert "--home" in out
+
+
+def test_parser_knows_exactly_the_documented_commands() -> None:
+    text = build_parser().format_help()
+    for name in ("init", "key", "ingest", "checkpoint", "ledger", "prove", "export", "verify"):
+        assert name in text
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    assert run(capsys, "no-such-command")[0] == 2
+    assert run(capsys, "export", "--out", "x")[0] == 2  # no selection
+    code, _, err = run(capsys, "key", "show")
+    assert code == 2
+    assert "evidock init" in err  # says what to do
+
+
+def test_init_twice_refuses(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    assert run(capsys, "init", "--station-id", "ST-1")[0] == 0
+    code, _, err = run(capsys, "init", "--station-id", "ST-1")
+    assert code == 2
+    assert "already" in err
+    assert run(capsys, "init", "--station-id", "bad id", "--home", str(home.parent / "h2"))[0] == 2
+
+
+def test_state_is_private(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    run(capsys, "init", "--station-id", "ST-1")
+    assert (home / "keys").stat().st_mode & 0o777 == 0o700
+    assert (home / "keys" / "station.key").stat().st_mode & 0o777 == 0o600
+    for path in [home, *home.rglob("*")]:
+        assert path.stat().st_mode & 0o007 == 0, f"{path} is world-accessible"
+
+
+def test_home_option_beats_environment(
+    capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    assert run(capsys, "init", "--station-id", "ST-2", "--home", str(other))[0] == 0
+    assert (other / "ledger.db").exists()
+    assert not home.exists()
+
+
+def test_full_cycle(
+    capsys: pytest.CaptureFixture[str], home: Path, footage: Path, tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "init", "--station-id", "ST-1", "--origin", "example.org/dock/ST-1")
+    assert code == 0
+    code, vkey, _ = run(capsys, "key", "show")
+    verifier = NoteVerifier.parse(vkey.strip())
+    assert verifier.name == "example.org/dock/ST-1"
+
+    code, out, _ = run(
+        capsys, "ingest", str(footage), "--case", "C-1", "--officer", "100001", "--device", "CAM1"
+    )
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        sha, path = line.split("  ", 1)
+        assert len(sha) == 64
+        assert Path(path).exists()
+        assert (home / "store" / sha[:2] / sha[2:4] / sha).stat().st_mode & 0o777 == 0o400
+
+    # The same files from the same source again: nothing new.
+    code, _, _ = run(capsys, "checkpoint")
+    size_before = len(run(capsys, "ledger", "entries")[1].splitlines())
+    code, again, _ = run(
+        capsys, "ingest", str(footage), "--case", "C-1", "--officer", "100001", "--device", "CAM1"
+    )
+    assert code == 0
+    assert again == out
+    assert len(run(capsys, "ledger", "entries")[1].splitlines()) == size_before
+
+    code, note, _ = run(capsys, "checkpoint")
+    assert code == 0
+    checkpoint = Checkpoint.parse(open_note(note, [verifier]).text)
+    assert checkpoint.size == size_before
+
+    raw = subprocess.run(
+        [".venv/bin/evidock", "ledger", "entries"],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).parents[3],
+        env={**os.environ, "EVIDOCK_HOME": str(home)},
+    ).stdout
+    entries = [Entry.parse(line) for line in raw.split(b"\n")[:-1]]
+    assert [e.seq for e in entries] == list(range(size_before))
+    assert entries[1].body["case"] == "C-1"
+    assert entries[1].body["officer"] == "100001"
+    code, part, _ = run(capsys, "ledger", "entries", "--start", "1", "--end", "2")
+    assert part.encode() == entries[1].raw + b"\n"
+
+    for index in range(checkpoint.size):
+        code, text, _ = run(capsys, "prove", "inclusion", str(index))
+        proof = json.loads(text)
+        assert proof["tree_size"] == checkpoint.size
+        assert base64.b64decode(proof["root"]) == checkpoint.root
+        verify_inclusion(
+            leaf_hash(entries[index].raw),
+            index,
+            checkpoint.size,
+            [base64.b64decode(h) for h in proof["hashes"]],
+            checkpoint.root,
+        )
+    code, text, _ = run(capsys, "prove", "consistency", "2")
+    proof = json.loads(text)
+    verify_consistency(
+        2,
+        checkpoint.size,
+        base64.b64decode(proof["old_root"]),
+        checkpoint.root,
+        [base64.b64decode(h) for h in proof["hashes"]],
+    )
+    assert run(capsys, "prove", "inclusion", "99")[0] == 2
+    assert run(capsys, "prove", "consistency", "9", "3")[0] == 2
+
+    out_dir = tmp_path / "bundle"
+    code, text, _ = run(capsys, "export", "--case", "C-1", "--out", str(out_dir))
+    assert code == 0
+    assert "exported 3 recording(s)" in text
+    key_file = tmp_path / "station.vkey"
+    key_file.write_text(vkey)
+    code, text, _ = run(capsys, "verify", str(out_dir), "--key", str(key_file), "--json")
+    report = json.loads(text)
+    assert code == 0 and report["ok"], report
+    sums = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], check=False, cwd=out_dir)
+    assert sums.returncode == 0
+
+    # The export is itself on the record (Art. 20 (3)).
+    code, text, _ = run(capsys, "ledger", "entries")
+    assert json.loads(text.splitlines()[-1])["type"] == "export"
+
+    assert run(capsys, "export", "--case", "NO-SUCH", "--out", str(tmp_path / "b2"))[0] == 2
+    assert run(capsys, "export", "--all", "--out", str(out_dir))[0] == 2  # not empty
+
+    code, text, _ = run(capsys, "ledger", "verify", "--json")
+    assert code == 0, text
+    assert json.loads(text)["checked"]["files intact"] == "3 of 3"
+
+    code, text, _ = run(capsys, "key", "rotate")
+    assert code == 0
+    new_key = NoteVerifier.parse(text.splitlines()[-1])
+    assert new_key != verifier
+    assert run(capsys, "ledger", "verify")[0] == 0
+    after = tmp_path / "after"
+    assert run(capsys, "export", "--all", "--out", str(after))[0] == 0
+    # The auditor's old key still verifies, through the rotation entry signed by both keys.
+    assert run(capsys, "verify", str(after), "--key", vkey.strip())[0] == 0
+    assert run(capsys, "verify", str(after), "--key", new_key.vkey)[0] == 0
+
+
+def test_ingest_reports_bad_paths_and_goes_on(
+    capsys: pytest.CaptureFixture[str], home: Path, footage: Path, tmp_path: Path
+) -> None:
+    run(capsys, "init", "--station-id", "ST-1")
+    code, out, err = run(capsys, "ingest", str(tmp_path / "missing"), str(footage))
+    assert code == 2
+    assert "does not exist" in err
+    assert len(out.splitlines()) == 3
+
+
+def test_verify_exit_codes(capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path) -> None:
+    run(capsys, "init", "--station-id", "ST-1")
+    vkey = run(capsys, "key", "show")[1].strip()
+    code, _, err = run(capsys, "verify", str(tmp_path), "--key", vkey)
+    assert code == 3  # not a bundle: could not verify
+    code, _, err = run(capsys, "verify", str(tmp_path), "--key", str(tmp_path / "nokey"))
+    assert code == 3
+    assert "cannot read" in err
+    code, _, err = run(capsys, "verify", str(tmp_path), "--key", "name+00000000+AAAA")
+    assert code == 3
