@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agent import config
 from agent.demo import run_demo
 from agent.ingest import Binding, IngestResult, ingest_paths
 from hashing.audit import audit
@@ -32,7 +33,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home or os.environ.get("EVIDOCK_HOME") or DEFAULT_HOME)
+    """--home, else $EVIDOCK_HOME, else the config file's [station] home."""
+    if args.home:
+        return Path(args.home)
+    if os.environ.get("EVIDOCK_HOME"):
+        return Path(os.environ["EVIDOCK_HOME"])
+    return config.load().home
 
 
 def _open(args: argparse.Namespace) -> Station:
@@ -203,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--home",
         metavar="DIR",
         default=argparse.SUPPRESS,
-        help=f"station folder (env EVIDOCK_HOME, default {DEFAULT_HOME})",
+        help=f"station folder (else env EVIDOCK_HOME, else [station] home in the config file, else {DEFAULT_HOME})",
     )
     common.add_argument(
         "--verbose",
