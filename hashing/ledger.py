@@ -68,6 +68,23 @@ def m001_ledger(db: Database) -> None:
             )
 
 
+@migrations()
+def m002_no_replace(db: Database) -> None:
+    """INSERT OR REPLACE deletes the old row without firing DELETE triggers (unless
+    recursive_triggers is on in *that* connection): refuse the insert itself."""
+    keys = {
+        "entries": "seq = NEW.seq",
+        "nodes": "end = NEW.end AND level = NEW.level",
+        "checkpoints": "size = NEW.size",
+    }
+    for table, match in keys.items():
+        db.execute(
+            f"CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table} "  # noqa: S608 - fixed names
+            f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {match}) "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+
+
 def node_key(level: int, index: int) -> tuple[int, int]:
     """(end, level) of the complete subtree (level, index)."""
     return (index + 1) << level, level
@@ -137,6 +154,9 @@ class Ledger:
         # FULL: every commit fsyncs the WAL, so an acknowledged append is durable.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Without this, INSERT OR REPLACE deletes a row without firing the DELETE
+        # trigger: an append-only entry could be rewritten by a buggy statement.
+        conn.execute("PRAGMA recursive_triggers = ON")
         return conn
 
     @classmethod
@@ -280,21 +300,21 @@ class Ledger:
 
     # -- checkpoints -------------------------------------------------------
 
-    def sign_checkpoint(self, signer: CheckpointSigner, *, force: bool = False) -> SignedCheckpoint:
-        """Sign the current tree head if the log grew since the last checkpoint (or ``force``).
+    def sign_checkpoint(self, signer: CheckpointSigner) -> SignedCheckpoint:
+        """Sign the current tree head if the log grew since the last checkpoint.
 
         Runs in a write transaction, so the size cannot move while it signs.
         Returns the latest signed checkpoint. Raises ForkError from the signer.
         """
         with self.transaction() as tx:
             latest = self._latest_checkpoint_locked()
-            if latest is not None and latest.checkpoint.size == tx.size and not force:
+            if latest is not None and latest.checkpoint.size == tx.size:
                 return latest
             root = EMPTY_ROOT if tx.size == 0 else self._hasher().root(tx.size)
             signed = signer.sign(tx.size, root, self._hasher().consistency_proof)
             clock_time, _ = clock_reading()
             self._conn.execute(
-                "INSERT OR IGNORE INTO checkpoints (size, root, note, key_id, signed_at)"
+                "INSERT INTO checkpoints (size, root, note, key_id, signed_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (tx.size, root, signed.note, signer.signer.verifier.key_id_hex, clock_time),
             )

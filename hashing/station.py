@@ -117,9 +117,9 @@ class Station:
         genesis = [self.ledger.entry(0)] if self.ledger.size() else []
         return KeyHistory.from_entries([*genesis, *self.ledger.entries_of_type(KEY_ROTATION)])
 
-    def checkpoint(self, *, force: bool = False) -> SignedCheckpoint:
+    def checkpoint(self) -> SignedCheckpoint:
         """Sign the tree head if the log grew; return the latest signed checkpoint."""
-        return self.ledger.sign_checkpoint(self.keys.checkpoint_signer(self.origin), force=force)
+        return self.ledger.sign_checkpoint(self.keys.checkpoint_signer(self.origin))
 
     def rotate_key(self) -> Entry:
         """Replace the station key: rotation entry signed by both keys, then a checkpoint

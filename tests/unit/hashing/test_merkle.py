@@ -110,9 +110,7 @@ def _model_run_path(leaf: bytes, m: int, n: int, proof: Sequence[bytes]) -> byte
     return None if inner is None else model_node(proof[-1], inner)
 
 
-def model_inclusion_ok(
-    leaf: bytes, m: int, n: int, proof: Sequence[bytes], root: bytes
-) -> bool:
+def model_inclusion_ok(leaf: bytes, m: int, n: int, proof: Sequence[bytes], root: bytes) -> bool:
     if not 0 <= m < n or any(len(p) != 32 for p in proof):
         return False
     return _model_run_path(leaf, m, n, proof) == root
@@ -241,7 +239,7 @@ def _flip_bit(data: bytes, bit: int) -> bytes:
 
 
 def test_empty_tree() -> None:
-    assert EMPTY_ROOT == hashlib.sha256(b"").digest()
+    assert hashlib.sha256(b"").digest() == EMPTY_ROOT
     assert root_of([]) == EMPTY_ROOT
     assert hasher_over_leaves([]).root(0) == EMPTY_ROOT
     assert CompactRange().root() == EMPTY_ROOT
