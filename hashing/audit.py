@@ -12,9 +12,12 @@ matches the digest its entry records.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from hashing.checkpoint import Checkpoint
@@ -39,11 +42,13 @@ from hashing.findings import (
 from hashing.keys import KeyHistory
 from hashing.merkle import CompactRange, leaf_hash, root_of
 from hashing.note import NoteVerifier, parse_note
-from hashing.proofs_json import consistency_json
 from hashing.station import Station
-from hashing.verify import check_held_checkpoint, check_signed_checkpoint
+from hashing.verify import check_signed_checkpoint
 
 BATCH = 8192
+# How long an ingest may take from renaming its file into the store to committing
+# its entry; an audit beside a running daemon waits that long for young files.
+IN_FLIGHT_SECONDS = 2.0
 
 
 def _scan(conn: sqlite3.Connection, sql: str) -> Iterator[Any]:
@@ -55,12 +60,25 @@ def _scan(conn: sqlite3.Connection, sql: str) -> Iterator[Any]:
 def audit(station: Station, *, held_note: str | None = None, files: bool = True) -> Report:
     """Audit a station's ledger, tree, checkpoints and store. Reports; never raises for content."""
     report = Report(str(station.home))
+    signed = _signer_state(report, station)
+    # The tree sizes whose roots the walk must recompute besides the stored
+    # checkpoints': the signer's last and the held checkpoint's (unverified
+    # here; only its size is used). Comparing those roots with the entries
+    # themselves, rather than proving consistency over the stored tree,
+    # cannot be misled by, or fail on, stored hashes that were tampered with.
+    sizes = set()
+    if signed is not None:
+        sizes.add(signed[0])
+    if held_note is not None:
+        # A malformed one is reported when the held checkpoint is checked.
+        with contextlib.suppress(InputError):
+            sizes.add(Checkpoint.parse(parse_note(held_note)[0]).size)
     conn = sqlite3.connect(f"file:{station.ledger.path}?mode=ro", uri=True)
     try:
         # One read transaction: a consistent snapshot while the daemon appends.
         conn.execute("BEGIN")
         checkpoints = _stored_checkpoints(conn)
-        key_entries, ingests, size, roots = _walk(report, station, conn, checkpoints)
+        key_entries, ingests, size, roots = _walk(report, station, conn, checkpoints, sizes)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -93,11 +111,11 @@ def audit(station: Station, *, held_note: str | None = None, files: bool = True)
                 f"signed root differs from the root recomputed from entries 0-{checkpoint.size - 1}",
             )
     report.checked["checkpoints"] = len(checkpoints)
-    _check_signer_state(report, station, size, roots)
+    _check_signer_state(report, station, signed, size, roots)
     if held_note is not None:
-        _check_held(report, station, held_note, anchors, history, size, roots.get(size))
+        _check_held(report, station, held_note, anchors, history, size, roots)
     if files:
-        _check_store(report, station, ingests)
+        _check_store(report, station, ingests, size)
     return report
 
 
@@ -108,21 +126,37 @@ def _check_held(
     anchors: list[NoteVerifier],
     history: KeyHistory | None,
     size: int,
-    root: bytes | None,
+    roots: dict[int, bytes],
 ) -> None:
-    """Hold the ledger to a checkpoint the operator kept from earlier (rollback, fork)."""
-    if root is None:
-        root = station.ledger.root(size)
-    proofs: list[dict[str, Any]] = []
-    try:
-        held_size = Checkpoint.parse(parse_note(held_note)[0]).size
-    except InputError:
-        held_size = -1
-    if 0 <= held_size < size:
-        hashes = station.ledger.consistency_proof(held_size, size)
-        proofs.append(consistency_json(held_size, size, b"", root, hashes))
-    current = Checkpoint(station.origin, size, root)
-    check_held_checkpoint(report, held_note, anchors, history, current, proofs)
+    """Hold the ledger to a checkpoint the operator kept from earlier (rollback, fork).
+
+    ``roots`` holds the root recomputed from the entries at the held size.
+    """
+    probe = Report("held checkpoint")
+    held = check_signed_checkpoint(probe, "held checkpoint", held_note, anchors, history)
+    if held is None:
+        report.cannot(
+            "the checkpoint you hold does not verify with this station's keys: "
+            + "; ".join(f.detail for f in probe.findings)
+        )
+        return
+    if held.origin != station.origin:
+        report.cannot(f"the checkpoint you hold is for {held.origin}, not {station.origin}")
+        return
+    if held.size > size:
+        report.add(
+            ROLLBACK,
+            "checkpoint",
+            f"the ledger has {size} entries, fewer than the checkpoint you hold (size "
+            f"{held.size}): entries after it were removed or the ledger was rolled back",
+        )
+    elif roots.get(held.size) != held.root:
+        report.add(
+            FORK,
+            "checkpoint",
+            f"entries 0-{held.size - 1} do not hash to the root of the checkpoint you hold "
+            f"(size {held.size}): the ledger was rewritten or forked from it",
+        )
 
 
 def _stored_checkpoints(conn: sqlite3.Connection) -> list[tuple[int, str]]:
@@ -132,15 +166,27 @@ def _stored_checkpoints(conn: sqlite3.Connection) -> list[tuple[int, str]]:
     ]
 
 
+def _blob(value: object) -> bytes:
+    """A BLOB column's bytes. Someone editing the file may store another type there:
+    text stands for its UTF-8 bytes; anything else for no bytes that could match."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return b""
+
+
 def _walk(
     report: Report,
     station: Station,
     conn: sqlite3.Connection,
     checkpoints: list[tuple[int, str]],
+    sizes: set[int],
 ) -> tuple[list[Entry], dict[str, Entry], int, dict[int, bytes]]:
     """Entries and tree in one pass. Returns key entries, ingest entries by digest,
-    the ledger size, and the recomputed root at every checkpointed size."""
-    wanted = {s for s, _ in checkpoints}
+    the ledger size, and the recomputed root at every checkpointed size, at each
+    of ``sizes`` and at the ledger's size."""
+    wanted = {s for s, _ in checkpoints} | sizes
     roots: dict[int, bytes] = {}
     if 0 in wanted:
         roots[0] = root_of([])
@@ -154,7 +200,7 @@ def _walk(
     expected = 0
     tree_faults = 0
     for seq_obj, data_obj in _scan(conn, "SELECT seq, data FROM entries ORDER BY seq"):
-        seq, data = int(seq_obj), bytes(data_obj)
+        seq, data = int(seq_obj), _blob(data_obj)
         place = f"entry {seq}"
         if seq != expected:
             report.add(ENTRY_MISSING, f"entries {expected}-{seq - 1}", "deleted from the ledger")
@@ -190,7 +236,7 @@ def _walk(
                 pending_node = next(nodes, None)
             stored = None
             if pending_node is not None and (pending_node[0], pending_node[1]) == (end, level):
-                stored = bytes(pending_node[2])
+                stored = _blob(pending_node[2])
             if stored != h:
                 tree_faults += 1
                 if level == 0:
@@ -205,18 +251,29 @@ def _walk(
                     )
         if tree.size in wanted:
             roots[tree.size] = tree.root()
+    roots[tree.size] = tree.root()
     report.checked["entries"] = expected
     return key_entries, ingests, expected, roots
 
 
-def _check_signer_state(
-    report: Report, station: Station, size: int, roots: dict[int, bytes]
-) -> None:
+def _signer_state(report: Report, station: Station) -> tuple[int, bytes] | None:
+    """The (size, root) the station key last signed, by the signer's own record."""
     try:
-        last = station.keys.checkpoint_signer(station.origin).last_signed()
+        return station.keys.checkpoint_signer(station.origin).last_signed()
     except EvidockError as e:
         report.cannot(f"signer state unreadable: {e}")
-        return
+        return None
+
+
+def _check_signer_state(
+    report: Report,
+    station: Station,
+    last: tuple[int, bytes] | None,
+    size: int,
+    roots: dict[int, bytes],
+) -> None:
+    """The ledger must hold the tree the key last signed: not fewer entries (rollback,
+    truncation), not other entries (a rollback that grew again, a rewrite)."""
     if last is None:
         return
     last_size, last_root = last
@@ -227,13 +284,16 @@ def _check_signer_state(
             f"the station key signed tree size {last_size}, but the ledger has {size} entries: "
             "the ledger was rolled back or truncated",
         )
-    elif last_size in roots and roots[last_size] != last_root:
+    elif roots.get(last_size) != last_root:
         report.add(
-            FORK, "signer state", f"signed root for size {last_size} differs from the ledger's"
+            FORK,
+            "signer state",
+            f"the station key signed another root for tree size {last_size} than entries "
+            f"0-{last_size - 1} hash to: the ledger was rewritten, or rolled back and grown again",
         )
 
 
-def _check_store(report: Report, station: Station, ingests: dict[str, Entry]) -> None:
+def _check_store(report: Report, station: Station, ingests: dict[str, Entry], size: int) -> None:
     chunk_rows = {
         str(sha): (int(cs), bytes(blob))
         for sha, cs, blob in station.ledger.execute("SELECT sha256, chunk_size, chunks FROM files")
@@ -265,6 +325,53 @@ def _check_store(report: Report, station: Station, ingests: dict[str, Entry]) ->
                 )
                 detail = ", ".join(f"bytes {a}-{b - 1}" for a, b in ranges) + f" differ ({detail})"
         report.add(FILE_MODIFIED, str(path), detail)
-    for sha in sorted(set(station.store.stored()) - set(ingests)):
+    for sha in sorted(_uncovered(station, set(station.store.stored()) - set(ingests), size)):
         report.add(FILE_ADDED, str(station.store.path_for(sha)), "no ingest entry covers this file")
     report.checked["files intact"] = f"{intact} of {len(ingests)}"
+
+
+def _uncovered(station: Station, candidates: set[str], size: int) -> set[str]:
+    """The stored files no ingest entry covers, allowing for a live dock.
+
+    The store is listed after the ledger snapshot was read, and an ingest
+    renames its file into the store just before it commits the entry: beside a
+    running daemon, a file may be newer than the snapshot (its entry committed
+    since) or in flight (its entry about to commit). Entries after the snapshot
+    are looked up in the live ledger, and files renamed in the last few seconds
+    are given that long for their entry to commit. What is left has no entry:
+    planted, or left by a crash between the rename and the commit (which a
+    re-run of the ingest completes).
+    """
+    deadline = time.monotonic() + IN_FLIGHT_SECONDS
+    pending = set(candidates)
+    while pending:
+        pending -= _ingested_since(station, size, pending)
+        young = [sha for sha in pending if _age(station.store.path_for(sha)) < IN_FLIGHT_SECONDS]
+        if not young or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return pending
+
+
+def _ingested_since(station: Station, size: int, shas: set[str]) -> set[str]:
+    """Which of ``shas`` have an ingest entry at ``size`` or later in the live ledger."""
+    covered: set[str] = set()
+    for (data,) in station.ledger.execute(
+        "SELECT data FROM entries WHERE type = ? AND seq >= ?", (INGEST, size)
+    ):
+        try:
+            entry = Entry.parse(_blob(data))
+        except InputError:
+            continue
+        sha = entry.body.get("sha256")
+        if isinstance(sha, str) and sha in shas:
+            covered.add(sha)
+    return covered
+
+
+def _age(path: Path) -> float:
+    """Seconds since the file's inode last changed (a rename into the store counts)."""
+    try:
+        return time.time() - path.stat().st_ctime
+    except OSError:
+        return float("inf")

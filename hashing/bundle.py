@@ -81,18 +81,28 @@ def _copy_checked(src: Path, dst: Path, sha256: str, size: int) -> None:
     """Copy a stored file, refusing to export bytes that no longer match their entry."""
     buf = bytearray(READ_SIZE)
     view = memoryview(buf)
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with src.open("rb", buffering=0) as f, StreamDigester() as d:
-            while n := f.readinto(buf):
-                d.update(view[:n])
-                chunk = view[:n]
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk) :]
-            got = d.finish()
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        source = src.open("rb", buffering=0)
+    except OSError as e:
+        # A stored recording that is gone or unreadable is an integrity failure of
+        # the store, not an I/O hiccup to print a traceback for.
+        raise DigestMismatchError(
+            f"{src}: stored copy of {sha256} cannot be read ({e.strerror}); not exported. "
+            "Run `evidock ledger verify`."
+        ) from e
+    with source as f:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with StreamDigester() as d:
+                while n := f.readinto(buf):
+                    d.update(view[:n])
+                    chunk = view[:n]
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk) :]
+                got = d.finish()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     if got.sha256_hex != sha256 or got.size != size:
         dst.unlink()
         raise DigestMismatchError(

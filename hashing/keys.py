@@ -64,14 +64,26 @@ class KeyStore:
         return CheckpointSigner(self.load(), origin, self.folder / STATE_FILE)
 
     def replace(self, new: NoteSigner) -> None:
-        """Install the new key and destroy the old one (after its rotation entry committed)."""
-        old_bytes = self.key_path.stat().st_size
-        # Overwrite before unlinking so the old seed does not linger in the file's blocks.
-        with self.key_path.open("r+b") as f:
-            f.write(b"\0" * old_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        write_atomic(self.key_path, new.private_text().encode(), FILE_MODE)
+        """Install the new key and destroy the old one (after its rotation entry committed).
+
+        The new key replaces the file atomically; only then are the old key's
+        bytes overwritten, through a descriptor opened before the swap. A crash
+        at any point leaves ``station.key`` holding either the old or the new
+        key, never a torn or blank one.
+        """
+        try:
+            old = os.open(self.key_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            old = -1
+        try:
+            write_atomic(self.key_path, new.private_text().encode(), FILE_MODE)
+            if old >= 0:
+                size = os.fstat(old).st_size
+                os.pwrite(old, b"\0" * size, 0)
+                os.fsync(old)
+        finally:
+            if old >= 0:
+                os.close(old)
         fsync_dir(self.folder)
         log.info("station key replaced by %s", new.verifier.vkey)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from hashing._fsutil import make_private_dir, write_atomic
 from hashing.checkpoint import SignedCheckpoint, default_origin
 from hashing.entries import GENESIS, KEY_ROTATION, Entry, check_station_id
-from hashing.errors import ConfigError
+from hashing.errors import ConfigError, EvidockError
 from hashing.keys import KeyHistory, KeyStore, rotation_body
 from hashing.ledger import Ledger
 from hashing.note import NoteSigner, check_key_name
@@ -102,7 +102,11 @@ class Station:
             return
         pending = NoteSigner.parse(staged.read_text())
         if self.key_history().epochs[-1].key == pending.verifier:
-            if self.keys.load().verifier != pending.verifier:
+            try:
+                current = self.keys.load().verifier
+            except EvidockError:
+                current = None  # unreadable: the staged key is the one in force anyway
+            if current != pending.verifier:
                 self.keys.replace(pending)
             if interrupted:
                 log.warning("completed an interrupted key rotation")

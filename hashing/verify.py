@@ -15,12 +15,12 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hashing.checkpoint import Checkpoint
 from hashing.digest import CHUNK_SIZE, chunk_ranges_differing, digest_file
-from hashing.entries import GENESIS, INGEST, KEY_ROTATION, Entry
+from hashing.entries import EXPORT, GENESIS, INGEST, KEY_ROTATION, Entry
 from hashing.errors import EvidockError, InputError, ProofError, SignatureError, UnknownSignerError
 from hashing.findings import (
     BAD_SIGNATURE,
@@ -177,7 +177,7 @@ def verify_bundle(
     report = Report(str(folder))
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        note = (folder / "checkpoint.txt").read_text(encoding="utf-8")
+        note_bytes = (folder / "checkpoint.txt").read_bytes()
         raw_entries = (folder / "entries.jsonl").read_bytes()
     except (OSError, ValueError) as e:
         report.cannot(f"not a readable evidock bundle: {e}")
@@ -198,6 +198,11 @@ def verify_bundle(
     # The checkpoint body, unverified for now: the key history it needs is in
     # the entries, which are only trusted once proven into this very tree.
     try:
+        # A byte flipped into invalid UTF-8 is a corrupt checkpoint, not an unreadable bundle.
+        try:
+            note = note_bytes.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"not UTF-8 ({e})") from e
         claimed = Checkpoint.parse(parse_note(note)[0])
     except InputError as e:
         report.add(BAD_SIGNATURE, "checkpoint.txt", f"checkpoint is malformed: {e}")
@@ -305,14 +310,23 @@ def _check_files(
     listed: dict[str, dict[str, Any]] = {}
     for f in manifest.get("files", []):
         if isinstance(f, dict) and isinstance(f.get("path"), str):
-            listed[f["path"]] = f
+            if _in_files_folder(f["path"]):
+                listed[f["path"]] = f
+            else:
+                # A manifest could otherwise send the verifier to a good copy outside
+                # the bundle (or to any file on the auditor's machine) while the
+                # recording itself is gone from it.
+                report.add(
+                    MALFORMED,
+                    "manifest.json",
+                    f"file path {f['path']!r} is not a file directly under files/",
+                )
+    if (folder / "files").is_symlink():
+        report.add(
+            MALFORMED, "files", "is a symbolic link: the recordings are not inside the bundle"
+        )
     by_sha = {str(f.get("sha256")): path for path, f in listed.items()}
-    exported = manifest.get("export_entry")
-    exported_files = (
-        set(entries[exported].body.get("files", []))
-        if isinstance(exported, int) and exported in entries
-        else None
-    )
+    exported_files = _exported_files(report, manifest, entries)
     intact = 0
     actual_sha: dict[str, str] = {}
     for sha, entry in sorted(ingests.items(), key=lambda kv: kv[1].seq):
@@ -340,7 +354,13 @@ def _check_files(
             report.add(
                 ENTRY_MISSING, by_sha.get(sha, sha), "exported file has no proven ingest entry"
             )
-    covered = {by_sha[s] for s in ingests if s in by_sha}
+    # Only recordings the export entry names belong here: a file of an entry
+    # carried for context is no part of this export.
+    covered = {
+        by_sha[s]
+        for s in ingests
+        if s in by_sha and (exported_files is None or s in exported_files)
+    }
     on_disk = (
         {
             str(p.relative_to(folder))
@@ -354,6 +374,48 @@ def _check_files(
         report.add(FILE_ADDED, path, "no proven ledger entry covers this file")
     _check_sums(report, folder, listed)
     report.checked["files intact"] = f"{intact} of {len(listed)}"
+
+
+def _exported_files(
+    report: Report, manifest: dict[str, Any], entries: dict[int, Entry]
+) -> set[str] | None:
+    """The digests the bundle's proven export entry records, or None if it has none.
+
+    Every bundle carries the export entry that recorded it (Art. 20 (3)), and
+    only that signed list says which recordings left the dock together. Without
+    it a recording could be taken out of a bundle with its entry and every
+    manifest row, and what is left would still verify: so its absence fails.
+    """
+    named = manifest.get("export_entry")
+    export = entries.get(named) if isinstance(named, int) else None
+    if export is None or export.type != EXPORT:
+        proven = [e for e in entries.values() if e.type == EXPORT]
+        export = max(proven, key=lambda e: e.seq) if proven else None
+    if export is None:
+        report.add(
+            ENTRY_MISSING,
+            "export entry",
+            f"the bundle does not prove the export entry that records it (manifest names "
+            f"{named!r}): recordings may have been taken out of it",
+        )
+        return None
+    files = export.body.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        report.add(MALFORMED, f"entry {export.seq}", "export entry has no list of files")
+        return None
+    if named != export.seq:
+        report.add(
+            MALFORMED,
+            "manifest.json",
+            f"export_entry is {named!r}, the export entry is {export.seq}",
+        )
+    return set(files)
+
+
+def _in_files_folder(path: str) -> bool:
+    """Whether a manifest path names a file directly under ``files/`` (the layout)."""
+    parts = PurePosixPath(path).parts
+    return len(parts) == 2 and parts[0] == "files" and parts[1] not in (".", "..")
 
 
 def _check_file(report: Report, folder: Path, path: str, entry: Entry) -> str:
@@ -403,3 +465,7 @@ def _check_sums(report: Report, folder: Path, listed: dict[str, dict[str, Any]])
             report.add(
                 MALFORMED, "SHA256SUMS", f"line for {path} is missing or differs from the manifest"
             )
+    # `sha256sum -c` checks every line: one naming a file the manifest does not
+    # list would have coreutils users check something that is no recording here.
+    for path in sorted(set(sums) - set(listed)):
+        report.add(MALFORMED, "SHA256SUMS", f"line for {path!r} names no recording of the manifest")
