@@ -1,7 +1,9 @@
-"""Reading the station's configuration file (TOML, ``config/evidock.toml`` documents it).
+"""Reading the station's configuration file (TOML; ``config/evidock.toml`` documents it).
 
 Unknown sections and keys are errors, not silently ignored: a misspelt
 setting in an evidence system must not quietly fall back to a default.
+Values are checked here, at the edge (style.md 6); the rest of the code gets
+typed values.
 """
 
 from __future__ import annotations
@@ -17,24 +19,72 @@ from hashing.station import DEFAULT_HOME
 
 SYSTEM_CONFIG = Path("/etc/evidock/evidock.toml")
 
-# section -> key -> (type, default)
-SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+# section -> key -> (kind, default); kinds: str, int, bool, "list[str]", "list[table]"
+SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "station": {"home": (str, str(DEFAULT_HOME))},
     "checkpoint": {"interval_s": (int, 300)},
+    "offload": {
+        "wipe": (str, "after_receipt"),
+        "gap_minutes": (int, 10),
+        "shift_break_hours": (int, 4),
+        "clock_tolerance_s": (int, 60),
+        "free_margin_mb": (int, 1024),
+        "utc_offset_minutes": (int, 480),
+        "max_sessions": (int, 20),
+    },
+    "usb": {
+        "enabled": (bool, True),
+        "mount_root": (str, "/run/evidock/mnt"),
+        "rules": ("list[table]", [{"layout": "DCIM"}]),
+    },
+    "folder": {"roots": ("list[str]", []), "quiet_s": (int, 2)},
+    "gat947": {
+        "library": (str, ""),
+        "password_file": (str, ""),
+        "usb_ids": ("list[str]", []),
+    },
 }
 
 
 @dataclass(frozen=True)
 class Config:
-    home: Path
-    checkpoint_interval_s: int
+    values: dict[str, dict[str, Any]]
     source: Path | None  # the file read, if any
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[section][key]
+
+    @property
+    def home(self) -> Path:
+        return Path(self.get("station", "home"))
+
+    @property
+    def checkpoint_interval_s(self) -> int:
+        return int(self.get("checkpoint", "interval_s"))
+
+
+def _check(path: Path, section: str, key: str, kind: Any, value: Any) -> Any:
+    where = f"{path}: [{section}] {key}"
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings")
+    elif kind == "list[table]":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f'{where} must be a list of tables, e.g. [{{ layout = "DCIM" }}]')
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+    elif not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{where} must be a {kind.__name__}")
+    if kind is int and value < 0:
+        raise ConfigError(f"{where} must not be negative")
+    return value
 
 
 def load(path: Path | None = None) -> Config:
     """Load ``path``, else $EVIDOCK_CONFIG, else /etc/evidock/evidock.toml if present.
 
-    Raises ConfigError naming the file and the bad key.
+    Raises ConfigError naming the file, the key and what is wrong.
     """
     if path is None:
         env = os.environ.get("EVIDOCK_CONFIG")
@@ -56,10 +106,7 @@ def load(path: Path | None = None) -> Config:
                 if key not in SCHEMA[section]:
                     raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
                 kind = SCHEMA[section][key][0]
-                if not isinstance(value, kind) or isinstance(value, bool):
-                    raise ConfigError(f"{path}: [{section}] {key} must be a {kind.__name__}")
-                values[section][key] = value
-    interval = int(values["checkpoint"]["interval_s"])
-    if interval <= 0:
+                values[section][key] = _check(path, section, key, kind, value)
+    if values["checkpoint"]["interval_s"] <= 0:
         raise ConfigError(f"{path}: [checkpoint] interval_s must be positive")
-    return Config(Path(values["station"]["home"]), interval, path)
+    return Config(values, path)

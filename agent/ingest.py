@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from agent.copier import copy_and_verify, open_source
+from agent.copier import CopyResult, copy_and_verify, open_source
 from hashing import canonical
 from hashing.entries import INGEST
 from hashing.errors import DeviceError, EvidockError
@@ -51,41 +52,71 @@ def _rfc3339_ns(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def path_fields(path: Path) -> dict[str, str]:
-    """A source path as text, plus its raw bytes in hex when it is not UTF-8.
+def raw_path_fields(raw: bytes) -> dict[str, str]:
+    """A source path as text, plus its exact bytes in hex when they are not UTF-8.
 
     Camera file systems hand over GBK and worse; the ledger keeps the exact
     bytes so nothing about a recording's origin is lost in translation.
     """
-    raw = os.fsencode(path)
+    name = raw.rsplit(b"/", 1)[-1]
     try:
-        return {"source_path": raw.decode("utf-8")}
+        return {"name": name.decode("utf-8"), "source_path": raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {
+            "name": name.decode("utf-8", "replace"),
             "source_path": raw.decode("utf-8", "replace"),
             "source_path_hex": raw.hex(),
         }
 
 
-def source_key(binding: Binding, path: Path, size: int, mtime_ns: int) -> str:
-    ident = [binding.device or "", os.fsencode(path.absolute()).hex(), str(size), str(mtime_ns)]
-    return hashlib.sha256(canonical.dumps(ident)).hexdigest()
+@dataclass(frozen=True)
+class Source:
+    """Where a recording is being copied from: enough to recognise it next time."""
+
+    device: str | None  # recorder serial; None for a plain path given to `evidock ingest`
+    raw_path: bytes  # path on the recorder (relative) or the absolute path on the dock
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """Same device, path, size and time: the same recording, not read again."""
+        ident = [self.device or "", self.raw_path.hex(), str(self.size), str(self.mtime_ns)]
+        return hashlib.sha256(canonical.dumps(ident)).hexdigest()
+
+    @property
+    def display(self) -> str:
+        return self.raw_path.decode("utf-8", "backslashreplace")
 
 
-def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:
-    """Ingest one regular file. Raises DeviceError (source unusable) or IntegrityError."""
-    fd = open_source(path)
-    try:
-        st = os.fstat(fd)
-        key = source_key(binding, path, st.st_size, st.st_mtime_ns)
-        known = station.ledger.execute("SELECT sha256, seq FROM sources WHERE source = ?", (key,))
-        if known:
-            return IngestResult(known[0][0], str(path), known[0][1], new=False)
-        staged = station.store.new_staging_path()
-        result = copy_and_verify(fd, staged, source_name=str(path))
-    finally:
-        os.close(fd)
-    digest = result.digest
+def already_ingested(station: Station, source: Source) -> IngestResult | None:
+    rows = station.ledger.execute("SELECT sha256, seq FROM sources WHERE source = ?", (source.key,))
+    if not rows:
+        return None
+    return IngestResult(str(rows[0][0]), source.display, int(rows[0][1]), new=False)
+
+
+def copy_to_staging(station: Station, fd: int, source: Source) -> tuple[Path, CopyResult]:
+    """Copy, digest, fsync and re-read into a new staging file (agent.copier)."""
+    staged = station.store.new_staging_path()
+    return staged, copy_and_verify(fd, staged, source_name=source.display)
+
+
+def commit(
+    station: Station,
+    staged: Path,
+    copy: CopyResult,
+    source: Source,
+    binding: Binding,
+    extra: Mapping[str, Any] | None = None,
+) -> IngestResult:
+    """Move a verified staging file into the store and append its ingest entry.
+
+    The rename comes first and is idempotent; the entry and the index rows then
+    commit in one transaction (see the module docstring for the crash story).
+    ``extra`` adds fields to the entry body (media facts, recorder identity).
+    """
+    digest = copy.digest
     sha = digest.sha256_hex
     station.store.adopt(staged, sha, digest.size)
     with station.ledger.transaction() as tx:
@@ -93,25 +124,25 @@ def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:
         if row is not None:
             tx.conn.execute(
                 "INSERT OR IGNORE INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
-                (key, sha, row[0]),
+                (source.key, sha, row[0]),
             )
-            return IngestResult(sha, str(path), int(row[0]), new=False)
-        body = {
+            return IngestResult(sha, source.display, int(row[0]), new=False)
+        body: dict[str, Any] = {
             "sha256": sha,
             "size": digest.size,
             "chunk_size": digest.chunk_size,
             "chunk_root": digest.chunk_root.hex(),
-            "name": path.name if _is_text(path.name) else os.fsencode(path.name).hex(),
-            **path_fields(path),
-            "source_mtime": _rfc3339_ns(result.source_mtime_ns),
+            **raw_path_fields(source.raw_path),
+            "source_mtime": _rfc3339_ns(copy.source_mtime_ns),
             "device": binding.device,
             "officer": binding.officer,
             "case": binding.case,
+            **(extra or {}),
         }
         entry = tx.append(INGEST, body)
         tx.conn.execute(
-            "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name,"
+            " device, officer, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 sha,
                 digest.size,
@@ -120,21 +151,33 @@ def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:
                 b"".join(digest.chunk_hashes),
                 entry.seq,
                 body["name"],
+                binding.device,
+                binding.officer,
+                body.get("recorded_at") or body["source_mtime"],
             ),
         )
         tx.conn.execute(
-            "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)", (key, sha, entry.seq)
+            "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
+            (source.key, sha, entry.seq),
         )
-    log.info("ingested %s as %s (entry %d)", path, sha, entry.seq)
-    return IngestResult(sha, str(path), entry.seq, new=True)
+    log.info("ingested %s as %s (entry %d)", source.display, sha, entry.seq)
+    return IngestResult(sha, source.display, entry.seq, new=True)
 
 
-def _is_text(name: str) -> bool:
+def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:
+    """Ingest one regular file. Raises DeviceError (source unusable) or IntegrityError."""
+    fd = open_source(path)
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        st = os.fstat(fd)
+        source = Source(binding.device, os.fsencode(path.absolute()), st.st_size, st.st_mtime_ns)
+        known = already_ingested(station, source)
+        if known is not None:
+            return IngestResult(known.sha256, str(path), known.seq, new=False)
+        staged, copy = copy_to_staging(station, fd, source)
+    finally:
+        os.close(fd)
+    result = commit(station, staged, copy, source, binding)
+    return IngestResult(result.sha256, str(path), result.seq, result.new)
 
 
 def walk(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:

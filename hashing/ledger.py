@@ -85,6 +85,14 @@ def m002_no_replace(db: Database) -> None:
         )
 
 
+@migrations()
+def m003_file_origin(db: Database) -> None:
+    """Who and when, beside each stored file: tagging by device and time, show, reports."""
+    for column in ("device", "officer", "recorded_at"):
+        db.execute(f"ALTER TABLE files ADD COLUMN {column} TEXT")
+    db.execute("CREATE INDEX files_device ON files (device, recorded_at)")
+
+
 def node_key(level: int, index: int) -> tuple[int, int]:
     """(end, level) of the complete subtree (level, index)."""
     return (index + 1) << level, level
@@ -189,8 +197,12 @@ class Ledger:
             fd.close()
 
     def migrate(self) -> None:
+        self.apply_migrations(migrations)
+
+    def apply_migrations(self, other: Migrations) -> None:
+        """Apply a migration set (the ledger's, or another part's state tables)."""
         with self._migration_lock(self.path), self._lock:
-            migrations.apply(Database(self._conn))
+            other.apply(Database(self._conn))
 
     def close(self) -> None:
         with self._lock:

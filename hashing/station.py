@@ -89,6 +89,8 @@ class Station:
         ledger.migrate()
         station = cls(home, ledger, keys, store)
         station._finish_rotation(interrupted=True)
+        for part in store.clean_stale_staging():
+            log.warning("removed a partial copy left by a stopped process: %s", part.name)
         return station
 
     def _finish_rotation(self, *, interrupted: bool = False) -> None:

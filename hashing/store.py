@@ -39,7 +39,24 @@ class Store:
         return self.path_for(sha256_hex).is_file()
 
     def new_staging_path(self) -> Path:
-        return self.staging / f"{secrets.token_hex(12)}.part"
+        """A fresh staging name carrying the writer's pid, so stale copies can be told apart."""
+        return self.staging / f"{os.getpid()}.{secrets.token_hex(12)}.part"
+
+    def clean_stale_staging(self) -> list[Path]:
+        """Remove partial copies left by processes that no longer run (a crash, a power cut).
+
+        A partial copy was never recorded as done, so removing it loses nothing:
+        its recording is still on the recorder and is copied again. Returns what
+        was removed, for the log.
+        """
+        removed = []
+        for part in self.staging.glob("*.part"):
+            pid_text = part.name.split(".", 1)[0]
+            if pid_text.isdigit() and _alive(int(pid_text)):
+                continue
+            part.unlink(missing_ok=True)
+            removed.append(part)
+        return removed
 
     def adopt(self, staged: Path, sha256_hex: str, size: int) -> Path:
         """Move a verified staging file into the store; returns the stored path.
@@ -69,3 +86,13 @@ class Store:
     def stored(self) -> list[str]:
         """Every digest present in the store (for audits: files no entry covers)."""
         return sorted(p.name for p in self.root.glob("??/??/*") if _HEX64.fullmatch(p.name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
