@@ -541,7 +541,12 @@ def mutated_consistency(draw: st.DrawFn) -> ConsistencyCase:
 @given(mutated_consistency())
 def test_mutated_consistency_proofs_fail(case: ConsistencyCase) -> None:
     args = (case.old_size, case.new_size, case.old_root, case.new_root, case.proof)
-    assert not model_consistency_ok(*args)
+    # A size mutation can land on another true statement (the proof for (1, 4)
+    # is also the proof of a different claim the model accepts): there the
+    # verifier must agree with the model, elsewhere it must refuse.
+    if model_consistency_ok(*args):
+        verify_consistency(*args)
+        return
     with pytest.raises(ProofError):
         verify_consistency(*args)
 
