@@ -11,13 +11,20 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
-from agent import config
+from agent import config, records, schema, wiring
+from agent.daemon import STATUS_FILE
 from agent.demo import run_demo
 from agent.ingest import Binding, IngestResult, ingest_paths
+from agent.offload import OffloadSession
+from drivers.mounted import MountedDriver, mounted_device
 from hashing.audit import audit
 from hashing.bundle import Selection, export_bundle
 from hashing.errors import ConfigError, EvidockError, InputError, IntegrityError
@@ -192,6 +199,209 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _station_with_records(args: argparse.Namespace) -> Station:
+    station = _open(args)
+    schema.ensure(station)
+    return station
+
+
+def cmd_device_assign(args: argparse.Namespace) -> int:
+    station = _station_with_records(args)
+    officer = None if args.unassign else args.officer
+    if officer is None and not args.unassign:
+        raise InputError("give --officer ID, or --unassign")
+    entry = records.assign_device(station, args.serial, officer, model=args.model, notes=args.notes)
+    who = officer or "nobody"
+    print(f"device {args.serial} assigned to {who} (entry {entry.seq})")
+    return EXIT_OK
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    station = _station_with_records(args)
+    rows = records.devices(station)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], ensure_ascii=False, indent=1))
+        return EXIT_OK
+    print(f"{'SERIAL':<20} {'OFFICER':<12} {'MODEL':<16} NOTES")
+    for r in rows:
+        print(f"{r.serial:<20} {r.officer or '-':<12} {r.model or '-':<16} {r.notes or ''}")
+    return EXIT_OK
+
+
+def _utc(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise InputError(f"{text!r}: not a time; use e.g. 2026-11-27T08:00:00+08:00") from e
+    if when.tzinfo is None:
+        raise InputError(f"{text!r}: give the time zone, e.g. +08:00 or Z")
+    return when
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    station = _station_with_records(args)
+    files = list(args.sha256 or [])
+    if args.device:
+        if not (args.start and args.end):
+            raise InputError("--device needs --from and --to")
+        files += records.files_by_device(station, args.device, _utc(args.start), _utc(args.end))
+        if not files:
+            raise InputError(f"no recordings of {args.device} between {args.start} and {args.end}")
+    entry = records.tag(
+        station, files, case=args.case, kind=args.kind, retention=args.retention, reason=args.reason
+    )
+    print(f"tagged {len(entry.body['files'])} recording(s) to case {args.case} (entry {entry.seq})")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    station = _station_with_records(args)
+    info = records.show(station, args.sha256)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    media = info.get("media") or {}
+    lines = [
+        f"recording   {info['sha256']}",
+        f"size        {info['size']} bytes, chunk root {info['chunk_root']}",
+        f"entry       {info['entry']} (ingested {info['ingested']})",
+        f"device      {info.get('device') or '-'}    officer {info.get('officer') or '-'}",
+        f"source      {info.get('source_path')}  (modified {info.get('source_mtime')})",
+    ]
+    if media:
+        lines.append(
+            "media       "
+            + ", ".join(
+                f"{k} {media.get(k)}"
+                for k in (
+                    "kind",
+                    "duration_ms",
+                    "fps",
+                    "frames",
+                    "width",
+                    "height",
+                    "codec",
+                    "decodes",
+                )
+                if k in media
+            )
+        )
+    for t in info["tags"]:
+        lines.append(
+            f"tag         case {t['case']}, {t['kind']}, {t['retention']} (entry {t['seq']})"
+        )
+    for a in info["anomalies"]:
+        lines.append(f"anomaly     {a['kind']}: {a['detail']} (entry {a['seq']})")
+    for w in info["wiped_from_device"]:
+        lines.append(f"wiped       from the recorder (entry {w['seq']})")
+    lines.append(f"upload      {info['upload']}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_offload(args: argparse.Namespace) -> int:
+    station = _station_with_records(args)
+    cfg = config.load()
+    mountpoint = Path(args.mountpoint)
+    session = OffloadSession(
+        station,
+        MountedDriver(),
+        mounted_device(mountpoint, args.device),
+        wiring.offload_policy(cfg),
+    )
+    summary = session.run()
+    status = summary.status
+    result = {
+        "state": status.state,
+        "serial": status.serial,
+        "officer": status.officer,
+        "files": status.files_total,
+        "new": len(summary.new),
+        "skipped": summary.skipped,
+        "refused": summary.refused,
+        "failed": summary.failed,
+        "bytes": status.bytes_total,
+        "anomalies": status.anomalies,
+        "errors": status.errors,
+        "wiped": status.wiped,
+        "safe_to_unplug": status.safe_to_unplug,
+    }
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=1))
+    else:
+        print(
+            f"{status.serial}: {status.state}; {status.files_total} files ({len(summary.new)} new, "
+            f"{summary.skipped} already in the ledger, {summary.refused} refused, {summary.failed} failed), "
+            f"{status.bytes_total} bytes, {len(status.anomalies)} anomalies"
+        )
+        for line in status.anomalies:
+            print(f"  anomaly: {line}")
+        for line in status.errors:
+            print(f"  error: {line}")
+        print(
+            "safe to unplug (可以拔出)" if status.safe_to_unplug else "do not unplug yet (请勿拔出)"
+        )
+    return summary.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = _home(args)
+    path = home / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no status; is `evidock agent` running for {home}?") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable status: {e}") from e
+    age = time.time() - float(status.get("updated", 0))
+    alive = _pid_alive(int(status.get("pid", 0))) and age < 30
+    if args.json:
+        print(json.dumps(status | {"running": alive}, ensure_ascii=False, indent=1))
+        return EXIT_OK if alive else EXIT_USAGE
+    print(
+        f"station {status.get('station')}: agent {'running' if alive else 'NOT running'} (status {age:.0f} s old)"
+    )
+    for s in status.get("sessions", []):
+        pct = 100 * s["bytes_done"] // s["bytes_total"] if s["bytes_total"] else 100
+        unplug = "可以拔出 safe to unplug" if s["safe_to_unplug"] else "请勿拔出 do not unplug"
+        print(
+            f"  {s.get('serial') or s['slot']}  officer {s.get('officer') or 'unassigned'}  {s['state']}  "
+            f"{s['files_done']}/{s['files_total']} files  {pct}%  {s['speed_bps'] >> 20} MiB/s  {unplug}"
+        )
+        for a in s.get("anomalies", []):
+            print(f"      anomaly: {a}")
+        for err in s.get("errors", []):
+            print(f"      error: {err}")
+    if not status.get("sessions"):
+        print("  no recorder docked")
+    return EXIT_OK if alive else EXIT_USAGE
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    station = _station_with_records(args)
+    cfg = config.load()
+    daemon = wiring.build_daemon(station, cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon.start()
+    log.warning("evidock agent running for station %s in %s", station.station_id, station.home)
+    daemon.serve(stop)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_home(args), Path(args.out) if args.out else None)
 
@@ -310,6 +520,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="a checkpoint you already hold: detects rollback and fork",
     )
     p.add_argument("--json", action="store_true")
+
+    device = sub.add_parser("device", help="the registry of recorders").add_subparsers(
+        dest="device_command", required=True, metavar="ACTION"
+    )
+    p = add("assign", cmd_device_assign, "bind a recorder (serial) to an officer", device)
+    p.add_argument("serial", metavar="SERIAL")
+    p.add_argument("--officer", metavar="ID")
+    p.add_argument("--unassign", action="store_true", help="bind it to nobody")
+    p.add_argument("--model", metavar="MODEL")
+    p.add_argument("--notes", metavar="TEXT")
+    p = add("list", cmd_device_list, "list registered recorders", device)
+    p.add_argument("--json", action="store_true")
+
+    p = add("tag", cmd_tag, "bind recordings to a case, an act kind and a retention class")
+    p.add_argument("sha256", nargs="*", metavar="SHA256")
+    p.add_argument(
+        "--device",
+        metavar="SERIAL",
+        help="with --from/--to: that recorder's recordings in the period",
+    )
+    p.add_argument("--from", dest="start", metavar="TIME", help="e.g. 2026-11-27T08:00:00+08:00")
+    p.add_argument("--to", dest="end", metavar="TIME")
+    p.add_argument("--case", required=True, metavar="ID")
+    p.add_argument("--kind", required=True, choices=records.ACT_KINDS)
+    p.add_argument("--retention", default="routine", choices=records.RETENTION_CLASSES)
+    p.add_argument("--reason", metavar="TEXT", help="why (required for evidence and long-term)")
+
+    p = add("show", cmd_show, "everything known of one recording")
+    p.add_argument("sha256", metavar="SHA256")
+    p.add_argument("--json", action="store_true")
+
+    p = add("offload", cmd_offload, "run one offload session on a recorder that is already mounted")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument(
+        "--device", metavar="SERIAL", help="the recorder's serial (default: the folder name)"
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = add("status", cmd_status, "what the running agent is doing: each docked recorder")
+    p.add_argument("--json", action="store_true")
+
+    add("agent", cmd_agent, "run the dock daemon in the foreground (SIGTERM stops it cleanly)")
 
     p = add(
         "demo", cmd_demo, "make sample footage, ingest, export and verify it, saying what happens"

@@ -12,10 +12,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.ingest import Binding, IngestResult, ingest_paths
+from drivers.demo import make_clips
 from hashing.bundle import Selection, export_bundle
 from hashing.errors import ConfigError, EvidockError
 from hashing.findings import EXIT_OK
@@ -24,33 +24,6 @@ from hashing.verify import verify_bundle
 
 CLIPS = 3
 SECONDS = 4
-FPS = 15
-
-
-def make_clips(folder: Path, count: int = CLIPS, seconds: int = SECONDS) -> list[Path]:
-    """Write ``count`` short MP4 clips named as a body-worn camera names them."""
-    import cv2  # noqa: PLC0415 - heavy; only the demo and tests make footage
-    import numpy as np  # noqa: PLC0415
-
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    paths = []
-    for n in range(count):
-        path = folder / f"DEMO0001_{stamp}_{n + 1:04d}.MP4"
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (640, 360))
-        if not writer.isOpened():
-            raise ConfigError("OpenCV cannot write MP4 here; is opencv-python-headless installed?")
-        for frame_no in range(seconds * FPS):
-            frame = np.zeros((360, 640, 3), np.uint8)
-            frame[:, :, n % 3] = 40 + (frame_no * 3) % 160
-            x = (frame_no * 8) % 600
-            cv2.rectangle(frame, (x, 140), (x + 40, 220), (255, 255, 255), -1)
-            text = f"DEMO0001 clip {n + 1} frame {frame_no}"
-            cv2.putText(frame, text, (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
-            writer.write(frame)
-        writer.release()
-        paths.append(path)
-    return paths
 
 
 def _say(text: str) -> None:

@@ -37,7 +37,7 @@ def software_version() -> str:
         return "evidock (source tree)"
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not value: one open station is one object
 class Station:
     home: Path
     ledger: Ledger

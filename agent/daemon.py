@@ -1,0 +1,212 @@
+"""`evidock agent`: the dock daemon, in the foreground (systemd-friendly).
+
+It watches for recorders (udev for USB disks, inotify for watched folders,
+cameras already docked at start included), runs one OffloadSession per
+recorder in its own thread, many at once, each inside an error boundary so
+one bad camera never stops the daemon or another slot (style.md 9), writes
+what it is doing to ``status.json`` for `evidock status` and the kiosk, and
+signs a checkpoint every few minutes if the ledger grew (design.md step 10).
+
+SIGTERM or SIGINT stops it cleanly: watchers first, then each session at the
+end of the file it is copying; what was not committed is copied next time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.offload import OffloadPolicy, OffloadSession, SessionStatus
+from drivers.base import DeviceInfo, Driver
+from hashing._fsutil import write_atomic
+from hashing.station import Station
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+STATUS_EVERY_S = 1.0
+KEEP_FINISHED_S = 600  # a finished tile stays visible until its recorder leaves, at most this long
+
+
+class Watcher(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+EventSink = Callable[[str, DeviceInfo], None]
+WatcherFactory = Callable[[EventSink], Watcher]
+
+
+@dataclass
+class _Slot:
+    device: DeviceInfo
+    session: OffloadSession
+    thread: threading.Thread
+    stop: threading.Event
+    present: bool = True
+
+
+class Daemon:
+    def __init__(
+        self,
+        station: Station,
+        drivers: Sequence[Driver],
+        policy: OffloadPolicy,
+        watchers: Sequence[WatcherFactory],
+        *,
+        max_sessions: int = 20,
+        checkpoint_interval_s: int = 300,
+    ) -> None:
+        self.station = station
+        self.drivers = list(drivers)
+        self.policy = policy
+        self.watcher_factories = list(watchers)
+        self.watchers: list[Watcher] = []
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.stopping = threading.Event()
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+        self._capacity = threading.BoundedSemaphore(max_sessions)
+        self.status_path = station.home / STATUS_FILE
+        self.heartbeat = time.monotonic()
+
+    # -- events --------------------------------------------------------------
+
+    def on_event(self, action: str, device: DeviceInfo) -> None:
+        """Called by watchers, from their threads."""
+        try:
+            if action == "add":
+                self._attach(device)
+            elif action == "remove":
+                self._detach(device)
+        except Exception:  # error boundary: a watcher thread must survive anything
+            log.exception("handling %s of %s failed", action, device.sys_path)
+
+    def _driver_for(self, device: DeviceInfo) -> Driver | None:
+        return next((d for d in self.drivers if d.matches(device)), None)
+
+    def _attach(self, device: DeviceInfo) -> None:
+        if self.stopping.is_set():
+            return
+        driver = self._driver_for(device)
+        if driver is None:
+            log.debug("ignoring %s: no driver matches", device.sys_path)
+            return
+        with self._lock:
+            slot = self._slots.get(device.sys_path)
+            if slot is not None and slot.thread.is_alive():
+                return
+            stop = threading.Event()
+            session = OffloadSession(
+                self.station, driver, device, self.policy, on_change=self._changed, stop=stop
+            )
+            thread = threading.Thread(
+                target=self._run, args=(session,), name=f"offload {device.sys_path}", daemon=True
+            )
+            self._slots[device.sys_path] = _Slot(device, session, thread, stop)
+        log.info("recorder docked: %s (%s)", device.sys_path, driver.key)
+        thread.start()
+
+    def _run(self, session: OffloadSession) -> None:
+        with self._capacity:
+            try:
+                summary = session.run()
+                log.info(
+                    "session %s ended %s: %d new, %d skipped, %d anomalies",
+                    session.device.sys_path,
+                    summary.status.state,
+                    len(summary.new),
+                    summary.skipped,
+                    len(summary.anomaly_entries),
+                )
+            except Exception:  # error boundary (style.md 9)
+                log.exception("session %s crashed", session.device.sys_path)
+                session.status.state = "failed"
+                session.status.errors.append("internal error; see the log")
+
+    def _detach(self, device: DeviceInfo) -> None:
+        with self._lock:
+            slot = self._slots.get(device.sys_path)
+            if slot is None:
+                return
+            slot.present = False
+            slot.stop.set()
+        log.info("recorder removed: %s", device.sys_path)
+
+    def _changed(self, status: SessionStatus) -> None:
+        self.heartbeat = time.monotonic()
+
+    # -- status --------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        with self._lock:
+            for key, slot in list(self._slots.items()):
+                done = slot.session.status.finished
+                if (
+                    not slot.thread.is_alive()
+                    and done
+                    and (not slot.present or now - done > KEEP_FINISHED_S)
+                ):
+                    del self._slots[key]
+            sessions = [
+                s.session.status.as_dict() | {"present": s.present} for s in self._slots.values()
+            ]
+        return {
+            "pid": os.getpid(),
+            "updated": now,
+            "station": self.station.station_id,
+            "sessions": sessions,
+        }
+
+    def write_status(self) -> None:
+        write_atomic(self.status_path, json.dumps(self.snapshot(), ensure_ascii=False).encode())
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        for factory in self.watcher_factories:
+            watcher = factory(self.on_event)
+            watcher.start()
+            self.watchers.append(watcher)
+        self.write_status()
+
+    def serve(self, until: threading.Event | None = None) -> None:
+        """Run until ``until`` (or self.stopping) is set; then stop cleanly."""
+        until = until or self.stopping
+        next_checkpoint = time.monotonic() + self.checkpoint_interval_s
+        while not until.wait(STATUS_EVERY_S):
+            self.heartbeat = time.monotonic()
+            try:
+                self.write_status()
+                if time.monotonic() >= next_checkpoint:
+                    self.station.checkpoint()
+                    next_checkpoint = time.monotonic() + self.checkpoint_interval_s
+            except Exception:  # the loop must outlive a full disk or a busy database
+                log.exception("status or checkpoint failed; retrying")
+        self.stop()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.stopping.set()
+        for watcher in self.watchers:
+            try:
+                watcher.stop()
+            except Exception:
+                log.exception("stopping a watcher failed")
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            slot.stop.set()
+        deadline = time.monotonic() + timeout_s
+        for slot in slots:
+            slot.thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.station.checkpoint()
+        finally:
+            self.write_status()
