@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from agent.offload import OffloadPolicy, OffloadSession, SessionStatus
-from drivers.base import DeviceInfo, Driver
+from drivers.base import DeviceInfo, Driver, RecorderIdentity
 from hashing._fsutil import write_atomic
 from hashing.station import Station
 
@@ -37,6 +37,23 @@ KEEP_FINISHED_S = 600  # a finished tile stays visible until its recorder leaves
 class Watcher(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
+
+
+class IdentitySource(Protocol):
+    """Identities read before a recorder became a disk (GA/T 947.4 SDK mode)."""
+
+    def take(self, serial: str | None) -> RecorderIdentity | None: ...
+
+
+@runtime_checkable
+class Preparer(Protocol):
+    """A driver that readies a device (identify, sync clock, switch to disk mode)
+    instead of offloading it; the disk it turns into is offloaded by another driver."""
+
+    key: ClassVar[str]
+
+    def matches(self, device: DeviceInfo) -> bool: ...
+    def prepare(self, device: DeviceInfo) -> RecorderIdentity: ...
 
 
 EventSink = Callable[[str, DeviceInfo], None]
@@ -62,9 +79,13 @@ class Daemon:
         *,
         max_sessions: int = 20,
         checkpoint_interval_s: int = 300,
+        preparers: Sequence[Preparer] = (),
+        identities: Sequence[IdentitySource] = (),
     ) -> None:
         self.station = station
         self.drivers = list(drivers)
+        self.preparers = list(preparers)
+        self.identities = list(identities)
         self.policy = policy
         self.watcher_factories = list(watchers)
         self.watchers: list[Watcher] = []
@@ -94,6 +115,15 @@ class Daemon:
     def _attach(self, device: DeviceInfo) -> None:
         if self.stopping.is_set():
             return
+        preparer = next((p for p in self.preparers if p.matches(device)), None)
+        if preparer is not None:
+            threading.Thread(
+                target=self._prepare,
+                args=(preparer, device),
+                name=f"prepare {device.sys_path}",
+                daemon=True,
+            ).start()
+            return
         driver = self._driver_for(device)
         if driver is None:
             log.debug("ignoring %s: no driver matches", device.sys_path)
@@ -103,8 +133,18 @@ class Daemon:
             if slot is not None and slot.thread.is_alive():
                 return
             stop = threading.Event()
+            known = next(
+                (i for i in (src.take(device.serial) for src in self.identities) if i is not None),
+                None,
+            )
             session = OffloadSession(
-                self.station, driver, device, self.policy, on_change=self._changed, stop=stop
+                self.station,
+                driver,
+                device,
+                self.policy,
+                on_change=self._changed,
+                stop=stop,
+                identity=known,
             )
             thread = threading.Thread(
                 target=self._run, args=(session,), name=f"offload {device.sys_path}", daemon=True
@@ -112,6 +152,16 @@ class Daemon:
             self._slots[device.sys_path] = _Slot(device, session, thread, stop)
         log.info("recorder docked: %s (%s)", device.sys_path, driver.key)
         thread.start()
+
+    def _prepare(self, preparer: Preparer, device: DeviceInfo) -> None:
+        """Error boundary around a preparer: a refused password or a dead camera is logged."""
+        try:
+            identity = preparer.prepare(device)
+            log.info(
+                "recorder %s prepared (%s); waiting for its disk", identity.serial, preparer.key
+            )
+        except Exception:
+            log.exception("preparing %s with %s failed", device.sys_path, preparer.key)
 
     def _run(self, session: OffloadSession) -> None:
         with self._capacity:
@@ -171,6 +221,11 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        for driver in self.drivers:
+            release = getattr(driver, "release_stale_mounts", None)
+            if callable(release):
+                for folder in release():
+                    log.warning("released a mount left by an earlier run: %s", folder)
         for factory in self.watcher_factories:
             watcher = factory(self.on_event)
             watcher.start()

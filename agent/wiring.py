@@ -7,10 +7,11 @@ The only place that knows both the config schema and the drivers' constructors
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import Config
-from agent.daemon import Daemon, EventSink, Watcher, WatcherFactory
+from agent.daemon import Daemon, EventSink, IdentitySource, Preparer, Watcher, WatcherFactory
 from agent.offload import OffloadPolicy
 from drivers.base import Driver
 from hashing.errors import ConfigError
@@ -34,10 +35,38 @@ def offload_policy(cfg: Config) -> OffloadPolicy:
         raise ConfigError(f"{cfg.source}: [offload] {e}") from e
 
 
+@dataclass
+class Parts:
+    drivers: list[Driver] = field(default_factory=list)
+    watchers: list[WatcherFactory] = field(default_factory=list)
+    preparers: list[Preparer] = field(default_factory=list)
+    identities: list[IdentitySource] = field(default_factory=list)
+
+
+def read_secret(path: Path, what: str) -> str:
+    """A secret from a root-only file (0600 or stricter); never from the config itself."""
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from e
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{what}: {path} is readable by others; chmod 600 it")
+    if not text:
+        raise ConfigError(f"{what}: {path} is empty")
+    return text
+
+
 def build_drivers(cfg: Config) -> tuple[list[Driver], list[WatcherFactory]]:
-    """The drivers the config enables, and the watchers that feed them events."""
-    drivers: list[Driver] = []
-    watchers: list[WatcherFactory] = []
+    parts = build_parts(cfg)
+    return parts.drivers, parts.watchers
+
+
+def build_parts(cfg: Config) -> Parts:
+    """The drivers the config enables, the watchers that feed them events, and the
+    GA/T 947.4 preparer with the identities it hands over to the USB driver."""
+    parts = Parts()
+    drivers, watchers = parts.drivers, parts.watchers
     folder_roots = [Path(p) for p in cfg.get("folder", "roots")]
     if folder_roots:
         from drivers.folder import FolderDriver, FolderWatcher  # noqa: PLC0415 - optional part
@@ -54,27 +83,52 @@ def build_drivers(cfg: Config) -> tuple[list[Driver], list[WatcherFactory]]:
         from drivers.usb_storage import MatchRule, UsbStorageDriver  # noqa: PLC0415
 
         rules = [MatchRule.from_mapping(r) for r in cfg.get("usb", "rules")]
-        drivers.append(UsbStorageDriver(rules, Path(cfg.get("usb", "mount_root"))))
+        usb = UsbStorageDriver(rules, Path(cfg.get("usb", "mount_root")))
+        drivers.append(usb)
 
         def udev_watcher(sink: EventSink) -> Watcher:
             return UdevWatcher(sink)
 
         watchers.append(udev_watcher)
-    return drivers, watchers
+        library = cfg.get("gat947", "library")
+        if library:
+            from drivers.gat947 import Gat947Driver  # noqa: PLC0415 - loads a vendor library
+
+            secret_file = cfg.get("gat947", "password_file")
+            password = (
+                read_secret(Path(secret_file), "[gat947] password_file") if secret_file else None
+            )
+            gat = Gat947Driver(
+                Path(library),
+                password,
+                usb_ids=cfg.get("gat947", "usb_ids"),
+                usb_driver_factory=lambda: usb,
+                setting_hint="[gat947] password_file in /etc/evidock/evidock.toml (a 0600 file holding the camera admin password)",
+            )
+            parts.preparers.append(gat)
+            parts.identities.append(gat.cache)
+
+            def sdk_watcher(sink: EventSink) -> Watcher:
+                return UdevWatcher(sink, subsystem="usb")
+
+            watchers.append(sdk_watcher)
+    return parts
 
 
 def build_daemon(station: Station, cfg: Config) -> Daemon:
-    drivers, watchers = build_drivers(cfg)
-    if not drivers:
+    parts = build_parts(cfg)
+    if not parts.drivers:
         raise ConfigError(
             f"{cfg.source or 'the default configuration'}: no recorder driver is enabled; "
             "enable [usb] or list [folder] roots"
         )
     return Daemon(
         station,
-        drivers,
+        parts.drivers,
         offload_policy(cfg),
-        watchers,
+        parts.watchers,
         max_sessions=int(cfg.get("offload", "max_sessions")),
         checkpoint_interval_s=cfg.checkpoint_interval_s,
+        preparers=parts.preparers,
+        identities=parts.identities,
     )
