@@ -29,6 +29,13 @@ COMMANDS = [
     ["export"],
     ["verify"],
     ["demo"],
+    ["device", "assign"],
+    ["device", "list"],
+    ["tag"],
+    ["show"],
+    ["offload"],
+    ["status"],
+    ["agent"],
 ]
 
 
@@ -230,3 +237,124 @@ def test_verify_exit_codes(capsys: pytest.CaptureFixture[str], home: Path, tmp_p
     assert "cannot read" in err
     code, _, err = run(capsys, "verify", str(tmp_path), "--key", "name+00000000+AAAA")
     assert code == 3
+
+
+def test_records_commands(capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path) -> None:
+    from drivers.demo import DemoCamera, Gap
+
+    run(capsys, "init", "--station-id", "ST-1")
+    cam = DemoCamera(tmp_path / "cam", "CAM7", size=(160, 120))
+    cam.record(3, 1, gap=Gap(after=1, missing=2, seconds=1200))
+
+    code, text, _ = run(capsys, "offload", str(cam.folder), "--device", "CAM7", "--json")
+    result = json.loads(text)
+    assert code == 0, result
+    assert result["state"] == "committed" and result["safe_to_unplug"]
+    assert result["new"] == 3 and result["officer"] is None
+    assert any("not registered" in a for a in result["anomalies"])
+    assert any("clip numbers missing" in a for a in result["anomalies"])
+
+    assert run(capsys, "device", "assign", "CAM7", "--officer", "200002", "--model", "X1")[0] == 0
+    code, text, _ = run(capsys, "device", "list", "--json")
+    assert json.loads(text)[0]["officer"] == "200002"
+    assert run(capsys, "device", "assign", "CAM7")[0] == 2  # neither --officer nor --unassign
+
+    entries = [json.loads(line) for line in run(capsys, "ledger", "entries")[1].splitlines()]
+    shas = [e["body"]["sha256"] for e in entries if e["type"] == "ingest"]
+    assert run(capsys, "tag", shas[0], "--case", "C-1", "--kind", "inspection")[0] == 0
+    code, _, err = run(
+        capsys, "tag", shas[0], "--case", "C-1", "--kind", "inspection", "--retention", "evidence"
+    )
+    assert code == 2 and "--reason" in err
+    code, text, _ = run(
+        capsys,
+        "tag",
+        "--device",
+        "CAM7",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--case",
+        "C-2",
+        "--kind",
+        "evidence_preservation",
+        "--retention",
+        "evidence",
+        "--reason",
+        "complaint",
+    )
+    assert code == 0 and "tagged 3 recording(s)" in text
+    assert run(capsys, "tag", "--device", "CAM7", "--case", "C-2", "--kind", "other")[0] == 2
+    assert run(capsys, "tag", "0" * 64, "--case", "C-1", "--kind", "other")[0] == 2
+
+    code, text, _ = run(capsys, "show", shas[0], "--json")
+    info = json.loads(text)
+    assert [t["case"] for t in info["tags"]] == ["C-1", "C-2"]  # a re-tag is a new entry
+    assert info["media"]["decodes"] is True and info["media"]["width"] == 160
+    assert info["device"] == "CAM7"
+    code, text, _ = run(capsys, "show", shas[0])
+    assert "tag         case C-2, evidence_preservation, evidence" in text
+    assert run(capsys, "show", "f" * 64)[0] == 2
+
+    # Re-docking: nothing new, the officer now bound, the same anomalies not repeated.
+    code, text, _ = run(capsys, "offload", str(cam.folder), "--device", "CAM7", "--json")
+    again = json.loads(text)
+    assert again["new"] == 0 and again["skipped"] == 3 and again["officer"] == "200002"
+    assert again["anomalies"] == []
+    assert run(capsys, "ledger", "verify")[0] == 0
+
+
+def test_status_without_agent(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    run(capsys, "init", "--station-id", "ST-1")
+    code, _, err = run(capsys, "status")
+    assert code == 2 and "evidock agent" in err
+
+
+def test_agent_runs_and_stops_on_sigterm(home: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from drivers.demo import DemoCamera
+
+    root = tmp_path / "dock"
+    root.mkdir()
+    cfg = tmp_path / "evidock.toml"
+    cfg.write_text(
+        f'[folder]\nroots = ["{root}"]\nquiet_s = 0\n[usb]\nenabled = false\n[offload]\nfree_margin_mb = 0\n'
+    )
+    env = {**os.environ, "EVIDOCK_HOME": str(home), "EVIDOCK_CONFIG": str(cfg)}
+    evidock = str(Path(__file__).parents[3] / ".venv" / "bin" / "evidock")
+    subprocess.run(
+        [evidock, "init", "--station-id", "ST-1"], env=env, check=True, capture_output=True
+    )
+    agent = subprocess.Popen([evidock, "agent"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        cam = DemoCamera(tmp_path / "cam", "CAM9", size=(160, 120))
+        cam.record(2, 1)
+        cam.plug_into(root)
+        deadline = time.monotonic() + 30
+        status: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [evidock, "status", "--json"], env=env, capture_output=True, text=True, check=False
+            )
+            if done.returncode == 0:
+                status = json.loads(done.stdout)
+                sessions = status.get("sessions")
+                if isinstance(sessions, list) and sessions and sessions[0].get("safe_to_unplug"):
+                    break
+            time.sleep(0.2)
+        assert status.get("running") is True, status
+        text = subprocess.run(
+            [evidock, "status"], env=env, capture_output=True, text=True, check=False
+        ).stdout
+        assert "可以拔出" in text and "CAM9" in text
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    verify = subprocess.run(
+        [evidock, "ledger", "verify"], env=env, capture_output=True, check=False
+    )
+    assert verify.returncode == 0
