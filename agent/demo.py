@@ -1,9 +1,12 @@
-"""The README's demo: a station, sample footage, an export, and its verification.
+"""The README's demo: a dock, a simulated body-worn camera, and an auditor.
 
-It makes real MP4 clips (OpenCV's MPEG-4 Part 2 encoder: the pip wheel cannot
-encode H.264), ingests them as a dock would, exports the case as a bundle,
-verifies it offline with only the station's public key, checks the digests with
-coreutils, and then shows the verifier catching a one-byte edit in a copy.
+A station is created; a simulated camera (real MP4 clips, a deliberate hole in
+its clip numbers and time) is docked into a watched folder, where the dock
+daemon notices it, offloads it (one-pass copy + digests, re-read check, media
+probe, ledger entries) and says when it is safe to unplug; its story is told
+as anomalies; a supervisor tags the clips to a case; the case is exported,
+verified offline with only the station's public key and with coreutils, and a
+one-byte edit in a copy of the export is caught.
 """
 
 from __future__ import annotations
@@ -12,18 +15,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
-from agent.ingest import Binding, IngestResult, ingest_paths
-from drivers.demo import make_clips
+from agent import records
+from agent.daemon import Daemon, EventSink, Watcher
+from agent.offload import OffloadPolicy
+from drivers.demo import DemoCamera, Gap
+from drivers.folder import FolderDriver, FolderWatcher
 from hashing.bundle import Selection, export_bundle
 from hashing.errors import ConfigError, EvidockError
 from hashing.findings import EXIT_OK
 from hashing.station import Station
 from hashing.verify import verify_bundle
 
-CLIPS = 3
-SECONDS = 4
+CASE = "CASE-2026-0001"
+SERIAL = "DEMO0001"
+OFFICER = "100001"
 
 
 def _say(text: str) -> None:
@@ -47,30 +56,92 @@ def run_demo(home: Path, out: Path | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
+    """Run the daemon on a watched folder, plug the camera in, follow its tile."""
+    policy = OffloadPolicy(wipe="never", free_margin_bytes=0)
+
+    def watcher(sink: EventSink) -> Watcher:
+        return FolderWatcher([dock], sink, quiet_s=0.5)
+
+    daemon = Daemon(station, [FolderDriver([dock])], policy, [watcher], checkpoint_interval_s=60)
+    stop = threading.Event()
+    server = threading.Thread(target=daemon.serve, args=(stop,), name="demo-daemon")
+    daemon.start()
+    server.start()
+    try:
+        camera.plug_into(dock)
+        shown = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            sessions = daemon.snapshot()["sessions"]
+            if sessions:
+                s = sessions[0]
+                line = (
+                    f"   [{s['serial'] or '?'}] {s['state']:<10} {s['files_done']}/{s['files_total']} files, "
+                    f"{s['bytes_done'] >> 10}/{s['bytes_total'] >> 10} KiB  "
+                    + (
+                        "可以拔出 safe to unplug"
+                        if s["safe_to_unplug"]
+                        else "请勿拔出 do not unplug"
+                    )
+                )
+                if line != shown:
+                    _say(line)
+                    shown = line
+                if s["finished"]:
+                    for a in s["anomalies"]:
+                        _say(f"   anomaly: {a}")
+                    return
+            time.sleep(0.2)
+        raise EvidockError("the demo camera was not offloaded within two minutes")
+    finally:
+        stop.set()
+        server.join(60)
+
+
 def _steps(home: Path, out: Path, work: Path) -> int:
     _say(f"1. Creating station DOCK-DEMO in {home}")
     station = Station.init(home, "DOCK-DEMO")
     key = station.keys.load().verifier.vkey
     _say(f"   verifier key: {key}")
+    records.assign_device(station, SERIAL, OFFICER, model="demo camera")
+    _say(f"   camera {SERIAL} registered to officer {OFFICER}")
 
-    _say(f"2. Recording {CLIPS} sample clips from camera DEMO0001 (officer 100001)")
-    clips = make_clips(work / "DCIM")
-    binding = Binding(officer="100001", device="DEMO0001", case="CASE-2026-0001")
-    _say("3. Ingesting: one-pass copy + SHA-256 + chunk tree, fsync, re-read check, ledger entry")
-    for item in ingest_paths(station, clips, binding):
-        if not isinstance(item, IngestResult):
-            raise item[1]
-        _say(f"   {item.sha256}  {Path(item.source).name}  -> entry {item.seq}")
-    again = [r for r in ingest_paths(station, clips, binding) if isinstance(r, IngestResult)]
-    _say(f"   docking the same camera again records nothing new: {sum(r.new for r in again)} new")
+    _say(
+        f"2. Camera {SERIAL} records a shift: 5 clips, with clip 0004 missing and 20 minutes unrecorded"
+    )
+    camera = DemoCamera(work / "camera", SERIAL, OFFICER)
+    camera.record(5, 3, gap=Gap(after=3, missing=1, seconds=1200))
 
+    dock = work / "dock"
+    dock.mkdir()
+    _say("3. Docking it: the daemon copies, digests, re-reads, probes and commits each clip")
+    _dock(station, camera, dock)
+
+    shas = [
+        str(r[0])
+        for r in station.ledger.execute(
+            "SELECT sha256 FROM files WHERE device = ? ORDER BY seq", (SERIAL,)
+        )
+    ]
+    entry = records.tag(
+        station,
+        shas,
+        case=CASE,
+        kind="inspection",
+        retention="evidence",
+        reason="on-site inspection, case opened",
+    )
+    _say(
+        f"4. A supervisor tags the {len(shas)} clips to case {CASE} as evidence (entry {entry.seq})"
+    )
     signed = station.checkpoint()
-    _say(f"4. Signed checkpoint (C2SP signed note), tree size {signed.checkpoint.size}:")
+    _say(f"   signed checkpoint (C2SP signed note), tree size {signed.checkpoint.size}:")
     for line in signed.note.splitlines():
         _say(f"   | {line}")
 
-    _say(f"5. Exporting case CASE-2026-0001 to {out}")
-    export_bundle(station, Selection(case="CASE-2026-0001"), out)
+    _say(f"5. Exporting case {CASE} to {out}")
+    export_bundle(station, Selection(case=CASE), out)
 
     _say("6. Verifying the export offline with only the public key:")
     report = verify_bundle(out, [station.keys.load().verifier])

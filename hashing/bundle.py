@@ -54,12 +54,26 @@ class Selection:
         return {"sha256": list(self.sha256)}
 
 
+TAG = "tag"  # a recording bound to a case after ingest (agent.records)
+
+
+def _case_tags(station: Station, case: str) -> list[Entry]:
+    return [e for e in station.ledger.entries_of_type(TAG) if e.body.get("case") == case]
+
+
 def _selected(station: Station, selection: Selection) -> list[Entry]:
     ingests = list(station.ledger.entries_of_type(INGEST))
     if selection.all:
         chosen = ingests
     elif selection.case is not None:
-        chosen = [e for e in ingests if e.body.get("case") == selection.case]
+        # Bound at ingest (--case) or by a tag entry later; the tag entries go
+        # into the bundle too, so the case binding itself is proven.
+        tagged = {f for e in _case_tags(station, selection.case) for f in e.body.get("files", [])}
+        chosen = [
+            e
+            for e in ingests
+            if e.body.get("case") == selection.case or e.body.get("sha256") in tagged
+        ]
     else:
         wanted = set(selection.sha256)
         chosen = [e for e in ingests if e.body.get("sha256") in wanted]
@@ -172,7 +186,8 @@ def export_bundle(station: Station, selection: Selection, out: Path) -> Path:
     size, root = signed.checkpoint.size, signed.checkpoint.root
 
     key_entries = [station.ledger.entry(0), *station.ledger.entries_of_type(KEY_ROTATION)]
-    covering = {e.seq: e for e in [*key_entries, *chosen, export_entry]}
+    tags = _case_tags(station, selection.case) if selection.case is not None else []
+    covering = {e.seq: e for e in [*key_entries, *chosen, *tags, export_entry]}
     entries = [covering[s] for s in sorted(covering)]
     with (out / "entries.jsonl").open("wb") as f:
         for e in entries:
