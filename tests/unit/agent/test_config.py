@@ -15,6 +15,14 @@ def test_shipped_file_is_valid_and_equals_defaults() -> None:
     shipped = config.load(SHIPPED)
     assert shipped.home == Path("/var/lib/evidock")
     assert shipped.checkpoint_interval_s == 300
+    # Every setting is documented in the shipped file, with its default.
+    defaults = {s: {k: d for k, (_, d) in keys.items()} for s, keys in config.SCHEMA.items()}
+    assert shipped.values == defaults
+    text = SHIPPED.read_text()
+    for section, keys in config.SCHEMA.items():
+        assert f"[{section}]" in text
+        for key in keys:
+            assert f"\n{key} = " in text, key
 
 
 @pytest.mark.parametrize(
