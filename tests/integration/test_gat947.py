@@ -328,3 +328,57 @@ def test_identity_cache_expires() -> None:
     now[0] += 10
     assert cache.lookup("ZFY0042") is None
     assert len(cache) == 0
+
+
+def test_daemon_prepares_then_offloads_the_disk_with_the_sdk_identity(
+    camera: Path, builds: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole hand-over: SDK-mode device -> prepare -> the disk it becomes is
+    offloaded under the identity and clock offset read before the time sync."""
+    import time
+
+    from agent.daemon import Daemon
+    from agent.offload import OffloadPolicy
+    from drivers.demo import DemoCamera
+    from drivers.mounted import MountedDriver, mounted_device
+    from hashing.station import Station
+
+    monkeypatch.setenv("GAT947_STANDIN_CLOCK_OFFSET_S", "90")
+    gat = driver(install(builds, tmp_path))
+    station = Station.init(tmp_path / "home", "ST-1")
+    daemon = Daemon(
+        station,
+        [MountedDriver()],
+        OffloadPolicy(wipe="never", free_margin_bytes=0),
+        [],
+        preparers=[gat],
+        identities=[gat.cache],
+    )
+    daemon.on_event("add", DEVICE)
+    deadline = time.monotonic() + 20
+    while gat.cache.lookup("USB0042") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gat.cache.lookup("USB0042") is not None
+
+    disk = DemoCamera(tmp_path / "disk", "USB0042", size=(160, 120))
+    disk.record(2, 1)
+    daemon.on_event("add", mounted_device(disk.folder, "USB0042"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sessions = daemon.snapshot()["sessions"]
+        if sessions and sessions[0]["finished"]:
+            break
+        time.sleep(0.05)
+    daemon.stop()
+    session = daemon.snapshot()["sessions"][0]
+    assert session["state"] == "committed", session
+    assert session["serial"] == "ZFY0042" and session["officer"] == "100234"
+    ingests = list(station.ledger.entries_of_type("ingest"))
+    assert len(ingests) == 2
+    assert ingests[0].body["device"] == "ZFY0042"
+    recorder = ingests[0].body["recorder"]
+    assert isinstance(recorder, dict) and recorder["officer_name"] == "张三"
+    offsets = [
+        e for e in station.ledger.entries_of_type("anomaly") if e.body["kind"] == "clock_offset"
+    ]
+    assert len(offsets) == 1 and offsets[0].body["device"] == "ZFY0042"
