@@ -25,6 +25,7 @@ from agent.demo import run_demo
 from agent.ingest import Binding, IngestResult, ingest_paths
 from agent.offload import OffloadSession
 from drivers.mounted import MountedDriver, mounted_device
+from hashing._fsutil import pid_alive
 from hashing.audit import audit
 from hashing.bundle import Selection, export_bundle
 from hashing.errors import ConfigError, EvidockError, InputError, IntegrityError
@@ -354,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable status: {e}") from e
     age = time.time() - float(status.get("updated", 0))
-    alive = _pid_alive(int(status.get("pid", 0))) and age < 30
+    alive = pid_alive(int(status.get("pid", 0))) and age < 30
     if args.json:
         print(json.dumps(status | {"running": alive}, ensure_ascii=False, indent=1))
         return EXIT_OK if alive else EXIT_USAGE
@@ -375,18 +376,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not status.get("sessions"):
         print("  no recorder docked")
     return EXIT_OK if alive else EXIT_USAGE
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

@@ -38,3 +38,16 @@ def make_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) as 0700, tightening it if it already exists."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     os.chmod(path, DIR_MODE)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (a stale partial copy, a stale status file)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

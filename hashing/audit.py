@@ -43,7 +43,7 @@ from hashing.keys import KeyHistory
 from hashing.merkle import CompactRange, leaf_hash, root_of
 from hashing.note import NoteVerifier, parse_note
 from hashing.station import Station
-from hashing.verify import check_signed_checkpoint
+from hashing.verify import check_signed_checkpoint, open_held_checkpoint
 
 BATCH = 8192
 # How long an ingest may take from renaming its file into the store to committing
@@ -132,16 +132,10 @@ def _check_held(
 
     ``roots`` holds the root recomputed from the entries at the held size.
     """
-    probe = Report("held checkpoint")
-    held = check_signed_checkpoint(probe, "held checkpoint", held_note, anchors, history)
+    held = open_held_checkpoint(
+        report, held_note, anchors, history, station.origin, "this station's keys"
+    )
     if held is None:
-        report.cannot(
-            "the checkpoint you hold does not verify with this station's keys: "
-            + "; ".join(f.detail for f in probe.findings)
-        )
-        return
-    if held.origin != station.origin:
-        report.cannot(f"the checkpoint you hold is for {held.origin}, not {station.origin}")
         return
     if held.size > size:
         report.add(

@@ -14,7 +14,7 @@ import re
 import secrets
 from pathlib import Path
 
-from hashing._fsutil import fsync_dir, make_private_dir
+from hashing._fsutil import fsync_dir, make_private_dir, pid_alive
 from hashing.errors import DigestMismatchError, InputError
 
 STORED_MODE = 0o400
@@ -52,7 +52,7 @@ class Store:
         removed = []
         for part in self.staging.glob("*.part"):
             pid_text = part.name.split(".", 1)[0]
-            if pid_text.isdigit() and _alive(int(pid_text)):
+            if pid_text.isdigit() and pid_alive(int(pid_text)):
                 continue
             part.unlink(missing_ok=True)
             removed.append(part)
@@ -86,13 +86,3 @@ class Store:
     def stored(self) -> list[str]:
         """Every digest present in the store (for audits: files no entry covers)."""
         return sorted(p.name for p in self.root.glob("??/??/*") if _HEX64.fullmatch(p.name))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

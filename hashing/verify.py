@@ -97,6 +97,29 @@ def check_signed_checkpoint(
     return checkpoint
 
 
+def open_held_checkpoint(
+    report: Report,
+    held_note: str,
+    anchors: Sequence[NoteVerifier],
+    history: KeyHistory | None,
+    origin: str,
+    keys_named: str,
+) -> Checkpoint | None:
+    """The checkpoint an auditor holds, verified and of this log; else why not (report.cannot)."""
+    probe = Report("held checkpoint")
+    held = check_signed_checkpoint(probe, "held checkpoint", held_note, anchors, history)
+    if held is None:
+        report.cannot(
+            f"the checkpoint you hold does not verify with {keys_named}: "
+            + "; ".join(f.detail for f in probe.findings)
+        )
+        return None
+    if held.origin != origin:
+        report.cannot(f"the checkpoint you hold is for {held.origin}, not {origin}")
+        return None
+    return held
+
+
 def check_held_checkpoint(
     report: Report,
     held_note: str,
@@ -106,16 +129,10 @@ def check_held_checkpoint(
     consistency: Iterable[dict[str, Any]],
 ) -> None:
     """Compare a checkpoint the auditor holds with the current one: rollback or fork."""
-    probe = Report("held checkpoint")
-    held = check_signed_checkpoint(probe, "held checkpoint", held_note, anchors, history)
+    held = open_held_checkpoint(
+        report, held_note, anchors, history, current.origin, "the key you gave"
+    )
     if held is None:
-        report.cannot(
-            "the checkpoint you hold does not verify with the key you gave: "
-            + "; ".join(f.detail for f in probe.findings)
-        )
-        return
-    if held.origin != current.origin:
-        report.cannot(f"the checkpoint you hold is for {held.origin}, not {current.origin}")
         return
     if held.size > current.size:
         report.add(
