@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,21 +55,40 @@ class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 204)]
 
 
+_CLOCK_CACHE_S = 1.0  # the kernel's sync state is re-read at most once a second
+
+
+@functools.cache
+def _adjtimex() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    return getattr(libc, "adjtimex", None)
+
+
+_clock_cache: tuple[float, str] = (-_CLOCK_CACHE_S, "unknown")
+
+
 def _clock_status() -> str:
     """'ntp' when the kernel says the clock is synchronised, else 'unsynced'.
 
     An auditor weighing a time needs to know whether it came from a disciplined
     clock; a dock without NTP is flagged in every entry it writes.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    global _clock_cache  # noqa: PLW0603 - a one-second cache of a kernel reading
+    now = time.monotonic()
+    if now - _clock_cache[0] < _CLOCK_CACHE_S:
+        return _clock_cache[1]
+    adjtimex = _adjtimex()
+    status = "unknown"
+    if adjtimex is not None:
         tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
-        return "unknown"
-    if state < 0:
-        return "unknown"
-    return "unsynced" if state == _TIME_ERROR else "ntp"
+        state = adjtimex(ctypes.byref(tx))
+        if state >= 0:
+            status = "unsynced" if state == _TIME_ERROR else "ntp"
+    _clock_cache = (now, status)
+    return status
 
 
 def clock_reading() -> tuple[str, str]:
