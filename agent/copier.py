@@ -39,9 +39,9 @@ from hashing.errors import DeviceError, DigestMismatchError
 
 BUFFERS = 6
 # Write-back window. What is left of a file once its last byte is read (the
-# last window's fsync, the last two windows' re-read) overlaps nothing, so the
-# window is kept small, but large enough for big requests to the disk: per
-# 128 MiB file, 64 MiB windows took ~370 ms, 32 or 16 MiB ~330, 8 MiB ~355.
+# fsync and re-read of its last window or two) overlaps nothing, so the window
+# is kept small, yet large enough for big requests to the disk. Per 128 MiB
+# file here: 64 MiB windows ~370 ms, 32 MiB ~330 ms (bench/README.md).
 WINDOW = 32 << 20
 
 # sync_file_range(2) flags
@@ -122,7 +122,10 @@ def copy_and_verify(src_fd: int, staged: Path, *, source_name: str) -> CopyResul
     check_fd = -1
     try:
         check_fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
-        digest, reread = _run_pipeline(src_fd, out_fd, check_fd, source_name)
+        if before.st_size < SMALL_FILE:
+            digest, reread = _copy_small(src_fd, out_fd, check_fd, source_name, before.st_size)
+        else:
+            digest, reread = _run_pipeline(src_fd, out_fd, check_fd, source_name)
         after = os.fstat(src_fd)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
             digest.size != before.st_size
@@ -142,6 +145,45 @@ def copy_and_verify(src_fd: int, staged: Path, *, source_name: str) -> CopyResul
         raise
     _close(out_fd, check_fd)
     return CopyResult(digest, before.st_size, before.st_mtime_ns)
+
+
+# Photos and audio clips: below this size the pipeline's threads and buffers
+# cost more than they overlap, so the same steps run in order, in one thread.
+SMALL_FILE = READ_SIZE
+
+
+def _copy_small(
+    src_fd: int, out_fd: int, check_fd: int, source_name: str, expected: int
+) -> tuple[FileDigest, tuple[bytes, int]]:
+    """Read, digest, write, fsync, drop from the cache, re-read and hash: in order."""
+    buf = bytearray(min(READ_SIZE, expected + 1) or 1)  # +1: a file that grew shows here
+    view = memoryview(buf)
+    digester = StreamDigester(parallel=False)
+    try:
+        while True:
+            try:
+                n = os.readv(src_fd, [buf])
+            except OSError as e:
+                raise DeviceError(f"{source_name}: read failed: {e.strerror}") from e
+            if n == 0:
+                break
+            digester.update(view[:n])
+            chunk = view[:n]
+            while chunk:
+                chunk = chunk[os.write(out_fd, chunk) :]
+    finally:
+        digest = digester.finish()
+    _recycle(src_fd, 0, digest.size)
+    os.fsync(out_fd)
+    os.posix_fadvise(out_fd, 0, digest.size, os.POSIX_FADV_DONTNEED)
+    os.posix_fadvise(check_fd, 0, digest.size, os.POSIX_FADV_DONTNEED)
+    check = hashlib.sha256()
+    done = 0
+    while n := os.preadv(check_fd, [buf], done):
+        check.update(view[:n])
+        done += n
+    _recycle(check_fd, 0, done)
+    return digest, (check.digest(), done)
 
 
 def _close(*fds: int) -> None:
