@@ -223,9 +223,13 @@ class Daemon:
     def start(self) -> None:
         for driver in self.drivers:
             release = getattr(driver, "release_stale_mounts", None)
-            if callable(release):
+            if not callable(release):
+                continue
+            try:
                 for folder in release():
                     log.warning("released a mount left by an earlier run: %s", folder)
+            except Exception:  # the dock must still start; new mounts get new folders
+                log.exception("releasing stale mounts of %s failed", driver.key)
         for factory in self.watcher_factories:
             watcher = factory(self.on_event)
             watcher.start()

@@ -75,7 +75,9 @@ class SessionStatus:
 
     slot: str
     driver: str
-    state: str = "attaching"  # attaching, copying, committed, interrupted, failed, refused
+    # attaching, listing, copying, finishing (story, wipe, release), committed,
+    # interrupted, failed, refused; only "committed" is safe to unplug
+    state: str = "attaching"
     serial: str | None = None
     officer: str | None = None
     files_total: int = 0
@@ -168,10 +170,21 @@ class OffloadSession:
         self.on_change(self.status)
 
     def run(self) -> SessionSummary:
-        """Run the session to its end. Never raises for recorder or file trouble."""
+        """Run the session to its end. Never raises for recorder or file trouble.
+
+        "Safe to unplug" (state ``committed``) is set only at the very end: after
+        every recording is committed, after the wipe, and after the driver has
+        released (unmounted) the recorder.
+        """
         try:
             with self.driver.attach(self.device) as root:
                 self._offload(root)
+            if self.status.state == "finishing":
+                self._changed(state="committed", current=None)
+        except CapacityError as e:
+            log.warning("%s: %s", self.device.sys_path, e)
+            self.status.errors.append(str(e))
+            self._changed(state="refused", current=None)
         except DeviceError as e:
             log.warning("%s: %s", self.device.sys_path, e)
             self.status.errors.append(str(e))
@@ -196,43 +209,49 @@ class OffloadSession:
         officer = registered.officer if registered and registered.officer else identity.officer
         self._changed(serial=identity.serial, officer=officer, state="listing")
         binding = Binding(officer=officer, device=identity.serial)
-
-        listing = list(self.driver.recordings(root))
-        recordings = [r for r in listing if isinstance(r, Recording)]
-        refused = [r for r in listing if isinstance(r, Refused)]
-        pending = [r for r in recordings if self._known(identity, r) is None]
-        self.summary.skipped = len(recordings) - len(pending)
-        self._changed(
-            files_total=len(recordings),
-            files_done=len(recordings) - len(pending),
-            bytes_total=sum(r.size for r in recordings),
-            bytes_done=sum(r.size for r in recordings) - sum(r.size for r in pending),
-        )
-        self._check_space(pending)
-        self._changed(state="copying")
-
-        facts: list[RecordingFact] = []
-        committed: dict[bytes, str] = {}
-        for rec in recordings:
-            if self.stop.is_set():
+        recordings: list[Recording] = []
+        refused: list[Refused] = []
+        facts: dict[bytes, RecordingFact] = {}
+        listed = False
+        try:
+            listing = list(self.driver.recordings(root))
+            recordings = [r for r in listing if isinstance(r, Recording)]
+            refused = [r for r in listing if isinstance(r, Refused)]
+            listed = True
+            pending = [r for r in recordings if self._known(identity, r) is None]
+            self.summary.skipped = len(recordings) - len(pending)
+            self.summary.refused = len(refused)
+            self._changed(
+                files_total=len(recordings),
+                files_done=len(recordings) - len(pending),
+                bytes_total=sum(r.size for r in recordings),
+                bytes_done=sum(r.size for r in recordings) - sum(r.size for r in pending),
+            )
+            self._check_space(pending)
+            self._changed(state="copying")
+            committed: dict[bytes, str] = {}
+            for rec in recordings:
+                if self.stop.is_set():
+                    self._changed(state="interrupted", current=None)
+                    break
+                done = self._known(identity, rec) or self._copy_one(root, rec, identity, binding)
+                if done is not None:
+                    committed[rec.relpath] = done[0]
+                    facts[rec.relpath] = done[1]
+            complete = len(committed) == len(recordings) and not self.stop.is_set()
+            if complete:
+                self._changed(state="finishing", current=None)
+                self._wipe(root, identity, recordings, committed)
+            elif self.status.state == "copying":
                 self._changed(state="interrupted", current=None)
-                break
-            done = self._known(identity, rec)
-            if done is None:
-                done = self._copy_one(root, rec, identity, binding)
-            if done is not None:
-                committed[rec.relpath] = done[0]
-                facts.append(done[1])
-        self.summary.refused = len(refused)
-        self._story(identity, officer, facts, refused, registered is None)
-
-        complete = len(committed) == len(recordings) and not self.stop.is_set()
-        if complete:
-            self._changed(state="committed", current=None)
-            self._wipe(root, identity, recordings, committed)
-        elif self.status.state == "copying":
-            self._changed(state="interrupted", current=None)
-        self._close_session(identity, officer)
+        finally:
+            # Whatever happened, the docking is on record: the story of what was
+            # seen (every listed recording, copied or not, so one that failed to
+            # copy is not taken for one missing), a session entry, a checkpoint.
+            if listed:
+                every = [facts.get(r.relpath) or self._fact(r, None) for r in recordings]
+                self._story(identity, officer, every, refused, registered is None)
+            self._close_session(identity, officer)
 
     def _known(
         self, identity: RecorderIdentity, rec: Recording
@@ -276,7 +295,7 @@ class OffloadSession:
         free = st.f_bavail * st.f_frsize
         if pending and need > free:
             self._changed(state="refused")
-            raise EvidockError(
+            raise CapacityError(
                 f"not enough space: this recorder needs {need >> 20} MiB with the margin, "
                 f"the dock has {free >> 20} MiB free. Nothing was copied and nothing deleted; "
                 "free space on the dock (after upload and retention) and dock the recorder again"
@@ -311,7 +330,7 @@ class OffloadSession:
             self.summary.failed += 1
             self.status.errors.append(str(e))
             log.warning("%s", e)
-            if not Path(root).exists() or self.stop.is_set():
+            if self.stop.is_set() or not _reachable(root):
                 raise
             return None
         if result.new:
@@ -410,7 +429,7 @@ class OffloadSession:
             "device": identity.serial,
             "officer": officer,
             "driver": self.driver.key,
-            "state": self.status.state,
+            "state": _OUTCOME.get(self.status.state, self.status.state),
             "files": self.status.files_total,
             "new": len(self.summary.new),
             "bytes": self.status.bytes_total,
@@ -424,6 +443,25 @@ class OffloadSession:
         }
         self.station.ledger.append(records.OFFLOAD_SESSION, body)
         self.station.checkpoint()
+
+
+# What a session's entry records, from the state it was in when it closed:
+# "finishing" means every recording is committed (the release follows); a
+# session closed while still listing or copying was cut short (unplugged).
+_OUTCOME = {"finishing": "committed", "listing": "interrupted", "copying": "interrupted"}
+
+
+class CapacityError(EvidockError):
+    """The dock cannot hold what the recorder carries; nothing was copied or deleted."""
+
+
+def _reachable(root: Path) -> bool:
+    """Whether the recorder's folder still answers (a dead FUSE mount raises ENOTCONN)."""
+    try:
+        root.stat()
+    except OSError:
+        return False
+    return True
 
 
 def _identity_body(identity: RecorderIdentity) -> dict[str, Any]:

@@ -380,7 +380,14 @@ class UsbStorageDriver:
         """
         released: list[Path] = []
         try:
-            entries = [p for p in self.mount_root.iterdir() if p.is_dir() and not p.is_symlink()]
+            # The entry's own type, never a look through it: a FUSE mount whose
+            # helper died with the daemon answers every stat with ENOTCONN.
+            with os.scandir(self.mount_root) as it:
+                entries = [
+                    Path(e.path)
+                    for e in it
+                    if e.is_dir(follow_symlinks=False) or _mount.mount_entry(Path(e.path))
+                ]
         except FileNotFoundError:
             return released
         except OSError as e:
@@ -392,13 +399,16 @@ class UsbStorageDriver:
         for folder in sorted(entries):
             if folder in busy:
                 continue
-            for _ in range(4):  # a mount stacked on another one needs one unmount each
-                if _mount.mount_entry(folder) is None:
-                    break
-                log.warning("%s: still mounted from an earlier run; unmounting", folder)
-                _mount.unmount(folder, timeout=self.timeout_s)
-            if self._remove_mountpoint(folder):
-                released.append(folder)
+            try:
+                for _ in range(4):  # a mount stacked on another one needs one unmount each
+                    if _mount.mount_entry(folder) is None:
+                        break
+                    log.warning("%s: still mounted from an earlier run; unmounting", folder)
+                    _mount.unmount(folder, timeout=self.timeout_s)
+                if self._remove_mountpoint(folder):
+                    released.append(folder)
+            except (OSError, DeviceError) as e:  # one bad folder must not stop the others
+                log.error("%s: left from an earlier run and cannot be released: %s", folder, e)
         return released
 
     def _lookup(self, root: Path) -> _Attached:
