@@ -16,8 +16,10 @@ it stops early only when the recorder goes away or it is asked to stop.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from typing import Any
 
 from agent import records
 from agent.ingest import Binding, Source, already_ingested, commit, copy_to_staging
-from agent.probe import MediaFacts, probe, probe_isolated
+from agent.probe import MediaFacts, ProbeWorkers, probe
 from agent.story import RecordingFact, StoryPolicy, analyse, recorded_start
 from drivers.base import DeviceInfo, Driver, RecorderIdentity, Recording, Refused
 from hashing._fsutil import make_private_dir
@@ -312,7 +314,9 @@ class OffloadSession:
                 staged, copy = copy_to_staging(self.station, fd, source)
             finally:
                 _close_source(fd, rec)
-            media = _probe(staged, rec.name)
+            make_private_dir(self.thumbs)
+            thumb = self.thumbs / f".{os.getpid()}.{secrets.token_hex(8)}.jpg"
+            media = _probe(staged, rec.name, thumb)
             fact = self._fact(rec, media.as_body())
             extra: dict[str, Any] = {
                 "media": media.as_body(),
@@ -320,7 +324,7 @@ class OffloadSession:
                 "recorded_at": _utc_text(recorded_start(fact, self.policy.story)),
             }
             result = commit(self.station, staged, copy, source, binding, extra)
-            self._thumbnail(result.sha256)
+            self._keep_thumbnail(thumb, result.sha256)
         except IntegrityError as e:
             self.summary.integrity_failures += 1
             self.status.errors.append(str(e))
@@ -343,12 +347,13 @@ class OffloadSession:
         )
         return result.sha256, self._fact(rec, media.as_body())
 
-    def _thumbnail(self, sha256: str) -> None:
-        """Thumbnails are made from the stored copy, so what the kiosk shows is what is kept."""
-        make_private_dir(self.thumbs)
+    def _keep_thumbnail(self, made: Path, sha256: str) -> None:
+        """The thumbnail was made from the staged copy, which is the stored file
+        (renamed, not copied): what the kiosk shows is what is kept."""
         target = self.thumbs / f"{sha256}.jpg"
-        if not target.exists():
-            _probe(self.station.store.path_for(sha256), None, target)
+        if made.exists() and not target.exists():
+            made.replace(target)
+        made.unlink(missing_ok=True)
 
     def _story(
         self,
@@ -492,12 +497,21 @@ def _utc_text(when: datetime) -> str:
 ISOLATE_ABOVE = 8 << 20  # video-sized files are probed in a child process
 
 
+_workers: ProbeWorkers | None = None
+_workers_lock = threading.Lock()
+
+
 def _probe(path: Path, name: str | None, thumb: Path | None = None) -> MediaFacts:
-    """Probe media; decoders parse hostile input, so big files are probed in a child
-    process whose crash or hang costs one flag, not the daemon (agent.probe)."""
-    if path.stat().st_size > ISOLATE_ABOVE:
-        return probe_isolated(path, thumb, name=name)
-    return probe(path, thumb, name=name)
+    """Probe media; decoders parse hostile input, so big files are probed in a
+    long-lived child process whose crash or hang costs one flag, not the daemon."""
+    global _workers  # noqa: PLW0603 - one pool of probe processes per daemon
+    if path.stat().st_size <= ISOLATE_ABOVE:
+        return probe(path, thumb, name=name)
+    with _workers_lock:
+        if _workers is None:
+            _workers = ProbeWorkers()
+            atexit.register(_workers.close)
+    return _workers.probe(path, thumb, name=name)
 
 
 def _close_source(fd: int, rec: Recording) -> None:

@@ -47,7 +47,9 @@ import json
 import logging
 import math
 import os
+import queue
 import resource
+import select
 import signal
 import stat
 import struct
@@ -713,6 +715,114 @@ def probe_isolated(
         return _failed(kind, f"the probe failed (exit {done.returncode}): {tail[0] or e}")
 
 
+class ProbeWorkers:
+    """Long-lived probe processes, so a dock probing hundreds of clips pays for a
+    Python with OpenCV once per worker, not once per file.
+
+    Each worker runs ``python -m agent.probe --serve`` under the same address-space
+    limit as ``probe_isolated`` and answers one JSON line per request. A worker
+    that crashes, hangs past the timeout or answers nonsense is killed and
+    replaced; that recording is flagged as ``probe_isolated`` would flag it.
+    """
+
+    def __init__(
+        self,
+        count: int = max(1, (os.cpu_count() or 1)),
+        *,
+        timeout_s: float = 120.0,
+        memory_bytes: int = 4 << 30,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_bytes
+        self._idle: queue.Queue[subprocess.Popen[bytes] | None] = queue.Queue()
+        for _ in range(count):
+            self._idle.put(None)  # started on first use
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.probe", "--serve", f"--memory={self.memory_bytes}", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+        )
+
+    def probe(
+        self, path: Path, thumb_out: Path | None = None, *, name: str | None = None
+    ) -> MediaFacts:
+        kind = _classify(name or path.name, _safe_head(path))[0]
+        worker = self._idle.get()
+        try:
+            if worker is None or worker.poll() is not None:
+                worker = self._start()
+            request = {
+                "path": str(path),
+                "thumb": None if thumb_out is None else str(thumb_out),
+                "name": name,
+            }
+            assert worker.stdin is not None and worker.stdout is not None  # noqa: S101 - pipes set above
+            worker.stdin.write((json.dumps(request) + "\n").encode())
+            worker.stdin.flush()
+            ready, _, _ = select.select([worker.stdout], [], [], self.timeout_s)
+            line = worker.stdout.readline() if ready else b""
+            if not line:
+                code = worker.poll()
+                worker.kill()
+                worker.wait()
+                worker = None
+                if code is not None and code < 0:
+                    return _failed(
+                        kind, f"the decoder crashed on this file ({_signal_name(-code)})"
+                    )
+                if not ready:
+                    return _failed(
+                        kind,
+                        f"the probe gave no answer within {self.timeout_s:g} s and was stopped",
+                    )
+                return _failed(kind, "the probe stopped without an answer")
+            try:
+                return _from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError) as e:
+                worker.kill()
+                worker.wait()
+                worker = None
+                return _failed(kind, f"the probe answered nonsense: {e}")
+        except OSError as e:
+            if worker is not None:
+                worker.kill()
+                worker.wait()
+            worker = None
+            return _failed(kind, f"the probe could not run: {e}")
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            if worker is not None and worker.poll() is None:
+                if worker.stdin is not None:
+                    worker.stdin.close()
+                worker.wait(5)
+
+
+def _serve(limits: ProbeLimits) -> int:
+    """One request per stdin line: {"path", "thumb", "name"} -> facts as one JSON line."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        thumb = request.get("thumb")
+        facts = probe(
+            Path(request["path"]),
+            Path(thumb) if thumb else None,
+            name=request.get("name"),
+            limits=limits,
+        )
+        out = {f.name: getattr(facts, f.name) for f in fields(facts)}
+        out["thumbnail"] = None if facts.thumbnail is None else str(facts.thumbnail)
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -765,10 +875,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--read-seconds", type=float, default=DEFAULT_LIMITS.read_seconds)
     parser.add_argument("--photo-bytes", type=int, default=DEFAULT_LIMITS.photo_bytes)
     parser.add_argument("--photo-pixels", type=int, default=DEFAULT_LIMITS.photo_pixels)
+    parser.add_argument("--serve", action="store_true", help="answer JSON requests on stdin")
     args = parser.parse_args(argv)
     if args.memory:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory, args.memory))
     limits = ProbeLimits(args.read_frames, args.read_seconds, args.photo_bytes, args.photo_pixels)
+    if args.serve:
+        return _serve(limits)
     facts = probe(args.path, args.thumb, name=args.name, limits=limits)
     out = {f.name: getattr(facts, f.name) for f in fields(facts)}
     out["thumbnail"] = None if facts.thumbnail is None else str(facts.thumbnail)

@@ -430,3 +430,38 @@ def test_module_entry_point(media: Media, capsys: pytest.CaptureFixture[str]) ->
     assert probe_module.main(["--name=FILE0001.MP4", "--", str(media["0123abcd"])]) == 0
     out = capsys.readouterr().out
     assert '"decodes": true' in out and '"frames": 75' in out
+
+
+def test_probe_workers_answer_like_probe_and_survive_a_crash(tmp_path: Path) -> None:
+    """The long-lived probe processes give the same facts as an in-process probe,
+    and a worker that dies is replaced without losing the next answer."""
+    import os
+    import signal
+
+    from agent.probe import ProbeWorkers, probe
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "2",
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)],
+        check=True,
+    )  # fmt: skip
+    workers = ProbeWorkers(1)
+    try:
+        direct = probe(clip, name="clip.mp4")
+        first = workers.probe(clip, tmp_path / "t.jpg", name="clip.mp4")
+        assert (first.kind, first.decodes, first.frames, first.width) == (
+            direct.kind, direct.decodes, direct.frames, direct.width,
+        )  # fmt: skip
+        assert (tmp_path / "t.jpg").stat().st_size > 0
+        worker = workers._idle.queue[0]
+        assert worker is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        again = workers.probe(clip, name="clip.mp4")
+        assert again.decodes is True and again.frames == direct.frames
+        junk = tmp_path / "junk.mp4"
+        junk.write_bytes(os.urandom(100_000))
+        assert workers.probe(junk, name="junk.mp4").decodes is False
+    finally:
+        workers.close()
