@@ -124,3 +124,21 @@ def machine_lines(out: Path) -> list[str]:
         f"disk under {out}: {_disk(out)}",
         f"load average at start: {load_average():.2f} (other work on the machine skews the figures)",
     ]
+
+
+def child_peak_mb(module: str, *args: str) -> float:
+    """Run ``python -m module args...`` (which prints ``VmHWM-KiB N`` last) and return
+    its peak RSS in MB (10**6 bytes): memory measured in a process of its own."""
+    repo = Path(__file__).resolve().parents[1]
+    path = [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} exited with {proc.returncode}")
+    return int(proc.stdout.split()[-1]) * 1024 / 1e6

@@ -11,15 +11,13 @@ two peaks must be about equal, whatever the file size.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from agent.ingest import Binding, IngestResult, ingest_paths
 from bench._report import Row, Section, size_text
-from bench._system import drop_from_cache, random_file
+from bench._system import child_peak_mb, drop_from_cache, random_file
 from hashing.station import Station
 
 NAME = "peak RSS"
@@ -29,20 +27,8 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def _child_peak(home: Path, source: Path) -> float:
-    """Run the child; return its peak RSS in MB (10**6 bytes)."""
     drop_from_cache([source])
-    path = [str(_REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.memory", str(home), str(source)],
-        env=env,
-        check=False,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the ingest child for {source} exited with {proc.returncode}")
-    return int(proc.stdout.split()[-1]) * 1024 / 1e6
+    return child_peak_mb("bench.memory", str(home), str(source))
 
 
 def _peak_kib() -> int:

@@ -12,7 +12,6 @@ before each run, alternating which side goes first.
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from agent.offload import OffloadPolicy, OffloadSession, SessionSummary
 from bench._report import MIB, Row, Section, median, size_text
-from bench._system import drop_from_cache, random_file
+from bench._system import child_peak_mb, drop_from_cache, random_file
 from drivers.mounted import MountedDriver, mounted_device
 from hashing.station import Station
 
@@ -201,18 +200,7 @@ def run(
 
 def _child_peak(home: Path, tree: Path) -> float:
     drop_from_cache(_files([tree]))
-    path = [str(_REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.offload", str(home), str(tree)],
-        env=env,
-        check=False,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the offload child for {tree} exited with {proc.returncode}")
-    return int(proc.stdout.split()[-1]) * 1024 / 1e6
+    return child_peak_mb("bench.offload", str(home), str(tree))
 
 
 def _child(home: Path, tree: Path) -> int:
