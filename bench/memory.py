@@ -23,7 +23,6 @@ from hashing.station import Station
 NAME = "peak RSS"
 LIMIT_MB = 100.0  # from the issue
 FLAT_MB = 8.0  # the large file may cost at most this much more than the small one
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def _child_peak(home: Path, source: Path) -> float:

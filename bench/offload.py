@@ -28,7 +28,6 @@ from hashing.station import Station
 
 TARGET_AGGREGATE = 0.8  # evidock throughput / (cp -r + sync) throughput, from the issue
 FLAT_MB = 8.0
-_REPO = Path(__file__).resolve().parents[1]
 _POLICY = OffloadPolicy(wipe="never", free_margin_bytes=0)
 
 
