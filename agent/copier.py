@@ -110,7 +110,13 @@ def open_source(path: Path) -> int:
     return fd
 
 
-def copy_and_verify(src_fd: int, staged: Path, *, source_name: str) -> CopyResult:
+class StoppedError(DeviceError):
+    """The copy was asked to stop (the daemon is shutting down); nothing was recorded."""
+
+
+def copy_and_verify(
+    src_fd: int, staged: Path, *, source_name: str, stop: threading.Event | None = None
+) -> CopyResult:
     """Copy ``src_fd`` to the new file ``staged``, digest, fsync, re-read and compare.
 
     Raises DeviceError if the source fails or changes size while read (a camera
@@ -123,9 +129,11 @@ def copy_and_verify(src_fd: int, staged: Path, *, source_name: str) -> CopyResul
     try:
         check_fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
         if before.st_size < SMALL_FILE:
-            digest, reread = _copy_small(src_fd, out_fd, check_fd, source_name, before.st_size)
+            digest, reread = _copy_small(
+                src_fd, out_fd, check_fd, source_name, before.st_size, stop
+            )
         else:
-            digest, reread = _run_pipeline(src_fd, out_fd, check_fd, source_name)
+            digest, reread = _run_pipeline(src_fd, out_fd, check_fd, source_name, stop)
         after = os.fstat(src_fd)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
             digest.size != before.st_size
@@ -153,7 +161,12 @@ SMALL_FILE = READ_SIZE
 
 
 def _copy_small(
-    src_fd: int, out_fd: int, check_fd: int, source_name: str, expected: int
+    src_fd: int,
+    out_fd: int,
+    check_fd: int,
+    source_name: str,
+    expected: int,
+    stop: threading.Event | None,
 ) -> tuple[FileDigest, tuple[bytes, int]]:
     """Read, digest, write, fsync, drop from the cache, re-read and hash: in order."""
     buf = bytearray(min(READ_SIZE, expected + 1) or 1)  # +1: a file that grew shows here
@@ -161,6 +174,7 @@ def _copy_small(
     digester = StreamDigester(parallel=False)
     try:
         while True:
+            _check_stop(stop, source_name)
             try:
                 n = os.readv(src_fd, [buf])
             except OSError as e:
@@ -192,8 +206,19 @@ def _close(*fds: int) -> None:
             os.close(fd)
 
 
+def _check_stop(stop: threading.Event | None, source_name: str) -> None:
+    if stop is not None and stop.is_set():
+        raise StoppedError(
+            f"{source_name}: copy stopped (the dock is shutting down); copied again next time"
+        )
+
+
 def _run_pipeline(
-    src_fd: int, out_fd: int, check_fd: int, source_name: str
+    src_fd: int,
+    out_fd: int,
+    check_fd: int,
+    source_name: str,
+    stop: threading.Event | None = None,
 ) -> tuple[FileDigest, tuple[bytes, int]]:
     failure = _Failure()
     free: queue.Queue[bytearray] = queue.Queue()
@@ -211,6 +236,7 @@ def _run_pipeline(
             with contextlib.suppress(OSError):  # a hint: more read-ahead
                 os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             while not failure.event.is_set():
+                _check_stop(stop, source_name)
                 buf = free.get()
                 try:
                     n = os.readv(src_fd, [buf])

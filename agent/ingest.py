@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,10 +97,13 @@ def already_ingested(station: Station, source: Source) -> IngestResult | None:
     return IngestResult(str(rows[0][0]), source.display, int(rows[0][1]), new=False)
 
 
-def copy_to_staging(station: Station, fd: int, source: Source) -> tuple[Path, CopyResult]:
-    """Copy, digest, fsync and re-read into a new staging file (agent.copier)."""
+def copy_to_staging(
+    station: Station, fd: int, source: Source, stop: threading.Event | None = None
+) -> tuple[Path, CopyResult]:
+    """Copy, digest, fsync and re-read into a new staging file (agent.copier).
+    Setting ``stop`` aborts the copy within one buffer (StoppedError)."""
     staged = station.store.new_staging_path()
-    return staged, copy_and_verify(fd, staged, source_name=source.display)
+    return staged, copy_and_verify(fd, staged, source_name=source.display, stop=stop)
 
 
 def commit(

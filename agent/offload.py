@@ -311,7 +311,7 @@ class OffloadSession:
         try:
             fd = self.driver.open(root, rec)
             try:
-                staged, copy = copy_to_staging(self.station, fd, source)
+                staged, copy = copy_to_staging(self.station, fd, source, self.stop)
             finally:
                 _close_source(fd, rec)
             make_private_dir(self.thumbs)

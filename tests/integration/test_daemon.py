@@ -65,3 +65,46 @@ def test_daemon_offloads_a_docked_folder_camera(tmp_path: Path) -> None:
     assert kinds.count("ingest") == 5
     assert kinds.count("offload_session") == 2
     assert audit(station).exit_code == 0
+
+
+def test_stop_aborts_a_long_copy_promptly_and_loses_nothing(tmp_path: Path) -> None:
+    """SIGTERM's path: the session's stop event aborts the copy within a buffer;
+    nothing half-copied is recorded, and the next docking copies it whole."""
+    import os
+
+    from agent.offload import OffloadPolicy, OffloadSession
+    from drivers.mounted import MountedDriver, mounted_device
+
+    camera = tmp_path / "cam"
+    media = camera / "DCIM" / "100MEDIA"
+    media.mkdir(parents=True)
+    big = media / "CAM5_20261127080000_0001.MP4"
+    with big.open("wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(2 << 20))
+    station = Station.init(tmp_path / "home", "ST-1")
+    policy = OffloadPolicy(wipe="never", free_margin_bytes=0)
+    stop = threading.Event()
+    session = OffloadSession(
+        station, MountedDriver(), mounted_device(camera, "CAM5"), policy, stop=stop
+    )
+    runner = threading.Thread(target=session.run)
+    runner.start()
+    wait_for(lambda: session.status.state == "copying" and session.status.current is not None)
+    stop.set()
+    started = time.monotonic()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert time.monotonic() - started < 5, "the copy did not stop within a few buffers"
+    assert session.status.state == "interrupted"
+    assert not session.status.safe_to_unplug
+    assert station.store.stored() == []
+    assert not any(station.store.staging.iterdir())
+    sessions = [json.loads(raw) for _, raw in station.ledger.raw_entries()]
+    assert [e["body"]["state"] for e in sessions if e["type"] == "offload_session"] == [
+        "interrupted"
+    ]
+
+    again = OffloadSession(station, MountedDriver(), mounted_device(camera, "CAM5"), policy).run()
+    assert again.status.state == "committed" and len(again.new) == 1
+    assert audit(station).exit_code == 0
