@@ -220,7 +220,9 @@ class OffloadSession:
             recordings = [r for r in listing if isinstance(r, Recording)]
             refused = [r for r in listing if isinstance(r, Refused)]
             listed = True
-            pending = [r for r in recordings if self._known(identity, r) is None]
+            # One ledger lookup per recording: what is committed already is skipped.
+            known = {r.relpath: self._known(identity, r) for r in recordings}
+            pending = [r for r in recordings if known[r.relpath] is None]
             self.summary.skipped = len(recordings) - len(pending)
             self.summary.refused = len(refused)
             self._changed(
@@ -236,7 +238,7 @@ class OffloadSession:
                 if self.stop.is_set():
                     self._changed(state="interrupted", current=None)
                     break
-                done = self._known(identity, rec) or self._copy_one(root, rec, identity, binding)
+                done = known[rec.relpath] or self._copy_one(root, rec, identity, binding)
                 if done is not None:
                     committed[rec.relpath] = done[0]
                     facts[rec.relpath] = done[1]
@@ -393,7 +395,8 @@ class OffloadSession:
         recordings: list[Recording],
         committed: dict[bytes, str],
     ) -> None:
-        qualifying = [r for r in recordings if self._may_wipe(committed[r.relpath])]
+        allowed = self._wipeable(committed)
+        qualifying = [r for r in recordings if committed[r.relpath] in allowed]
         if not qualifying:
             return
         with self.driver.writable(self.device, root) as writable_root:
@@ -419,15 +422,17 @@ class OffloadSession:
                 self.status.wiped += 1
         self.on_change(self.status)
 
-    def _may_wipe(self, sha256: str) -> bool:
+    def _wipeable(self, committed: dict[bytes, str]) -> set[str]:
+        """Digests the wipe policy lets go from the recorder (one ledger scan)."""
         if self.policy.wipe == "after_verified":
-            return True
+            return set(committed.values())
         if self.policy.wipe == "after_receipt":
-            return any(
-                e.body.get("sha256") == sha256
+            receipted = {
+                str(e.body.get("sha256"))
                 for e in self.station.ledger.entries_of_type(UPLOAD_RECEIPT)
-            )
-        return False
+            }
+            return receipted & set(committed.values())
+        return set()
 
     def _close_session(self, identity: RecorderIdentity, officer: str | None) -> None:
         body = {
