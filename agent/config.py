@@ -43,6 +43,35 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "password_file": (str, ""),
         "usb_ids": ("list[str]", []),
     },
+    "mqtt": {
+        "host": (str, ""),
+        "port": (int, 8883),
+        "tls": (bool, True),
+        "ca_file": (str, ""),
+        "cert_file": (str, ""),
+        "key_file": (str, ""),
+        "username": (str, ""),
+        "password_file": (str, ""),
+        "client_id": (str, ""),
+        "keepalive_s": (int, 30),
+    },
+    "upload": {
+        "topic_prefix": (str, "$file-async/{station}"),
+        "segment_bytes": (int, 1048576),
+        "window_segments": (int, 8),
+        "bandwidth_bytes_per_s": (int, 0),
+        "schedule": ("list[table]", []),
+        "platform_key": (str, ""),
+        "segments_ttl_s": (int, 86400),
+        "result_timeout_s": (int, 30),
+        "receipt_timeout_s": (int, 120),
+    },
+    "receiver": {
+        "home": (str, "/var/lib/evidock-receiver"),
+        "stations": ("list[table]", []),
+        "max_transfers_per_station": (int, 64),
+        "max_spool_mb_per_station": (int, 65536),
+    },
 }
 
 

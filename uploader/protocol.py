@@ -1,0 +1,457 @@
+"""The wire formats of an upload, shared by the dock's sender and the platform's receiver.
+
+The transfer follows EMQX's "file transfer over MQTT" (EIP-0021; EMQX 5.1+,
+asynchronous variant from 5.3.2), so that a stock EMQX cluster can take
+evidock's uploads:
+
+    {prefix}/{file_id}/init                 JSON FileMeta
+    {prefix}/{file_id}/{offset}/{sha256}    the bytes [offset, offset+len)
+    {prefix}/{file_id}/fin/{size}/{sha256}  empty
+
+all QoS 1 under MQTT 5. In the asynchronous variant (``$file-async``) the
+outcome of each command is not the PUBACK but a result message on the
+command's MQTT 5 Response-Topic, echoing its Correlation-Data, with the JSON
+``{"vsn", "topic", "packet_id", "reason_code", "reason_description"}``. Behind a
+broker that does not implement file transfer (mosquitto), those results come
+from `evidock receive`; the PUBACK only says the broker took the message.
+
+evidock puts the station in the prefix (default ``$file-async/{station}``) so a
+broker ACL can let each station publish only its own transfers; ``$file-async``
+alone is what a stock EMQX expects, where the client id names the transfer.
+The file id is the file's SHA-256, so a resent file is the same transfer.
+
+The receiver trusts the station's signature, not the transport: ``user_data``
+carries the file's ledger entry, its inclusion proof, the station's signed
+checkpoint and a consistency proof from the checkpoint the platform already
+holds (Provenance). Receipts are C2SP signed notes by the platform key whose
+text is one line of canonical JSON (Receipt).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from hashing import canonical
+from hashing.errors import InputError
+from hashing.merkle import HASH_SIZE
+from hashing.note import NoteSigner, NoteVerifier, open_note, sign_note
+
+DEFAULT_PREFIX = "$file-async/{station}"
+DOCK_TOPICS = "evidock/v1/docks/{station}"
+RESULT_VSN = "0.1"
+
+# EIP-0021 "Reason codes": what each PUBACK / result code asks of the client.
+RC_SUCCESS = 0x00
+RC_RESTART = 0x10  # "no matching subscribers": retransmit every segment
+RC_RETRY = 0x80  # segment: resend it; fin: resend all segments
+RC_CANCEL = 0x83  # give up this transfer
+RC_QUOTA = 0x97  # pause, then resend
+
+MAX_NAME_BYTES = 240  # EMQX: "the binary length of the name should not exceed 240 bytes"
+MAX_META_BYTES = 64 * 1024  # an init payload: proofs are ~1 KiB, a checkpoint ~200 bytes
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+_STATION_LEVEL = re.compile(r"[^/+#\x00-\x1f\x7f]{1,64}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _b64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"{what} is not standard base64") from e
+
+
+def _hashes(value: object, what: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise InputError(f"{what} must be a list of at most 64 base64 hashes")
+    out = tuple(_b64(h, what) for h in value)
+    if any(len(h) != HASH_SIZE for h in out):
+        raise InputError(f"{what} holds a value that is not a SHA-256 hash")
+    return out
+
+
+def check_file_id(file_id: str) -> str:
+    if not SHA256_RE.fullmatch(file_id):
+        raise InputError(f"file id {file_id!r} is not a lowercase SHA-256 hex digest")
+    return file_id
+
+
+# -- topics -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed file-transfer command topic."""
+
+    station: str | None  # from the prefix's {station} level, if it has one
+    file_id: str
+    kind: str  # "init" | "segment" | "fin" | "abort"
+    offset: int | None = None  # segment
+    size: int | None = None  # fin
+    checksum: str | None = None  # segment or fin, lowercase hex
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic one station uses, from the configured command prefix."""
+
+    station: str
+    prefix_template: str = DEFAULT_PREFIX
+
+    @property
+    def prefix(self) -> str:
+        return self.prefix_template.replace("{station}", self.station)
+
+    def init(self, file_id: str) -> str:
+        return f"{self.prefix}/{file_id}/init"
+
+    def segment(self, file_id: str, offset: int, checksum: str) -> str:
+        return f"{self.prefix}/{file_id}/{offset}/{checksum}"
+
+    def fin(self, file_id: str, size: int, checksum: str) -> str:
+        return f"{self.prefix}/{file_id}/fin/{size}/{checksum}"
+
+    def _dock(self, leaf: str) -> str:
+        return f"{DOCK_TOPICS.format(station=self.station)}/{leaf}"
+
+    @property
+    def results(self) -> str:
+        """The Response-Topic the dock sets on every command."""
+        return self._dock("results")
+
+    @property
+    def receipts(self) -> str:
+        return self._dock("receipts")
+
+    @property
+    def checkpoint(self) -> str:
+        """The dock's latest signed checkpoint, retained (design.md step 10)."""
+        return self._dock("checkpoint")
+
+    @property
+    def held(self) -> str:
+        """The checkpoint the platform holds for this station, retained by the receiver."""
+        return self._dock("held")
+
+
+def check_prefix(template: str) -> str:
+    """A command prefix: ``$file-async`` (stock EMQX) or one with a ``{station}`` level."""
+    levels = template.split("/")
+    if not template or any(not lv for lv in levels) or any(c in template for c in "+#"):
+        raise InputError(f"topic prefix {template!r}: levels must be non-empty, no wildcards")
+    if "{station}" in template and levels.count("{station}") != 1:
+        raise InputError(f"topic prefix {template!r}: {{station}} must be one whole level")
+    return template
+
+
+def command_filter(template: str) -> str:
+    """The subscription that receives every station's commands under ``template``."""
+    return template.replace("{station}", "+") + "/#"
+
+
+def parse_command(topic: str, template: str) -> Command:
+    """Parse a command topic under ``template``. Raises InputError naming the fault."""
+    levels = topic.split("/")
+    pattern = template.split("/")
+    if len(levels) < len(pattern) + 2:
+        raise InputError(f"topic {topic!r} is not a file-transfer command")
+    station = None
+    for want, got in zip(pattern, levels, strict=False):
+        if want == "{station}":
+            if not _STATION_LEVEL.fullmatch(got):
+                raise InputError(f"topic {topic!r}: bad station level")
+            station = got
+        elif want != got:
+            raise InputError(f"topic {topic!r} is not under {template!r}")
+    file_id, rest = levels[len(pattern)], levels[len(pattern) + 1 :]
+    check_file_id(file_id)
+    if rest == ["init"]:
+        return Command(station, file_id, "init")
+    if rest == ["abort"]:
+        return Command(station, file_id, "abort")
+    if rest[0] == "fin" and len(rest) in (2, 3):
+        return Command(
+            station,
+            file_id,
+            "fin",
+            size=_decimal(rest[1], topic),
+            checksum=_checksum(rest[2], topic) if len(rest) == 3 else None,
+        )
+    if len(rest) in (1, 2) and rest[0] != "fin":
+        return Command(
+            station,
+            file_id,
+            "segment",
+            offset=_decimal(rest[0], topic),
+            checksum=_checksum(rest[1], topic) if len(rest) == 2 else None,
+        )
+    raise InputError(f"topic {topic!r}: unknown file-transfer command")
+
+
+def _decimal(text: str, topic: str) -> int:
+    if not _DECIMAL.fullmatch(text):
+        raise InputError(f"topic {topic!r}: {text!r} is not a decimal byte count")
+    return int(text)
+
+
+def _checksum(text: str, topic: str) -> str:
+    if not SHA256_RE.fullmatch(text):
+        raise InputError(f"topic {topic!r}: {text!r} is not a lowercase SHA-256 hex digest")
+    return text
+
+
+def correlation(file_id: str, kind: str, offset: int | None = None) -> bytes:
+    """Correlation-Data of a command: which file, which command (MQTT 5 §4.10).
+
+    Packet ids are reused by the client, so results are matched on this instead."""
+    return f"{file_id}/{kind}".encode() if offset is None else f"{file_id}/{kind}/{offset}".encode()
+
+
+def parse_correlation(data: bytes) -> tuple[str, str, int | None]:
+    try:
+        parts = data.decode("ascii").split("/")
+    except UnicodeDecodeError as e:
+        raise InputError("correlation data is not ASCII") from e
+    if len(parts) == 2 and parts[1] in ("init", "fin", "abort"):
+        return check_file_id(parts[0]), parts[1], None
+    if len(parts) == 3 and parts[1] == "segment" and _DECIMAL.fullmatch(parts[2]):
+        return check_file_id(parts[0]), "segment", int(parts[2])
+    raise InputError(f"correlation data {data[:80]!r} is not evidock's")
+
+
+# -- init metadata ------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """A file name EMQX stores as is: percent-encode what it would, cap at 240 bytes."""
+    out = []
+    for c in name:
+        if c in "/\\%:" or not c.isprintable():
+            out.append("".join(f"%{b:02X}" for b in c.encode()))
+        else:
+            out.append(c)
+    text = "".join(out) or "recording"
+    if text in (".", ".."):
+        text = text.replace(".", "%2E")
+    while len(text.encode()) > MAX_NAME_BYTES:
+        text = text[:-1]
+    return text
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """The ``init`` payload (EMQX "Init Command")."""
+
+    name: str
+    size: int
+    checksum: str
+    expire_at: int
+    segments_ttl: int
+    user_data: Mapping[str, Any]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "name": self.name,
+                "size": self.size,
+                "checksum": self.checksum,
+                "expire_at": self.expire_at,
+                "segments_ttl": self.segments_ttl,
+                "user_data": self.user_data,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> FileMeta:
+        """Strict: evidock's receiver needs size, checksum and user_data, which EMQX leaves optional."""
+        if len(payload) > MAX_META_BYTES:
+            raise InputError(f"init payload is {len(payload)} bytes; at most {MAX_META_BYTES}")
+        try:
+            value = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise InputError(f"init payload is not JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise InputError("init payload is not a JSON object")
+        name, size, checksum = value.get("name"), value.get("size"), value.get("checksum")
+        if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_BYTES:
+            raise InputError("init name must be a string of 1-240 bytes")
+        if not _is_int(size) or size < 0:
+            raise InputError("init size must be a non-negative integer")
+        if not isinstance(checksum, str) or not SHA256_RE.fullmatch(checksum):
+            raise InputError("init checksum must be a lowercase SHA-256 hex digest")
+        expire_at, ttl = value.get("expire_at", 0), value.get("segments_ttl", 0)
+        if not _is_int(expire_at) or not _is_int(ttl) or expire_at < 0 or ttl < 0:
+            raise InputError("init expire_at and segments_ttl must be non-negative integers")
+        user_data = value.get("user_data")
+        if not isinstance(user_data, dict):
+            raise InputError("init user_data must be an object (evidock's provenance)")
+        return cls(name, size, checksum, expire_at, ttl, user_data)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """``user_data``: why the platform may believe this file is the station's.
+
+    ``entry`` is the exact canonical bytes of the file's ``ingest`` entry;
+    ``inclusion`` proves it is leaf ``entry.seq`` of the tree signed in
+    ``checkpoint``; ``consistency`` proves that tree extends the one of size
+    ``consistency_from`` the platform already holds (empty when equal or 0).
+    """
+
+    station: str
+    entry: bytes
+    inclusion: tuple[bytes, ...]
+    checkpoint: str
+    consistency_from: int
+    consistency: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "evidock": 1,
+            "station": self.station,
+            "entry": self.entry.decode(),
+            "inclusion": [base64.b64encode(h).decode() for h in self.inclusion],
+            "checkpoint": self.checkpoint,
+            "consistency_from": self.consistency_from,
+            "consistency": [base64.b64encode(h).decode() for h in self.consistency],
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Provenance:
+        if value.get("evidock") != 1:
+            raise InputError("user_data is not evidock provenance version 1")
+        station, entry, note = value.get("station"), value.get("entry"), value.get("checkpoint")
+        start = value.get("consistency_from")
+        if not isinstance(station, str) or not isinstance(entry, str) or not isinstance(note, str):
+            raise InputError("user_data station, entry and checkpoint must be strings")
+        if not _is_int(start) or start < 0:
+            raise InputError("user_data consistency_from must be a non-negative integer")
+        raw = entry.encode()
+        if canonical.dumps(canonical.loads(raw)) != raw:
+            raise InputError("user_data entry is not canonical JSON")
+        return cls(
+            station,
+            raw,
+            _hashes(value.get("inclusion"), "user_data inclusion"),
+            note,
+            start,
+            _hashes(value.get("consistency"), "user_data consistency"),
+        )
+
+
+# -- results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    """A command's outcome (EMQX ``$file-response`` format, plus evidock's ``held_size``)."""
+
+    topic: str
+    packet_id: int
+    reason_code: int
+    reason_description: str
+    held_size: int | None = None  # init results from evidock: the platform's checkpoint size
+
+    @property
+    def ok(self) -> bool:
+        return self.reason_code == RC_SUCCESS
+
+    def to_json(self) -> bytes:
+        value: dict[str, Any] = {
+            "vsn": RESULT_VSN,
+            "topic": self.topic,
+            "packet_id": self.packet_id,
+            "reason_code": self.reason_code,
+            "reason_description": self.reason_description,
+        }
+        if self.held_size is not None:
+            value["held_size"] = self.held_size
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> Result:
+        try:
+            value = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise InputError(f"result is not JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise InputError("result is not a JSON object")
+        topic, pid, rc = value.get("topic"), value.get("packet_id", 0), value.get("reason_code")
+        text, held = value.get("reason_description", ""), value.get("held_size")
+        if not isinstance(topic, str) or not _is_int(rc) or not 0 <= rc <= 0xFF:
+            raise InputError("result needs a topic and a reason_code 0-255")
+        if not _is_int(pid) or not isinstance(text, str):
+            raise InputError("result packet_id must be an integer, reason_description a string")
+        if held is not None and (not _is_int(held) or held < 0):
+            raise InputError("result held_size must be a non-negative integer")
+        return cls(topic, pid, rc, text, held)
+
+
+# -- receipts -----------------------------------------------------------------
+
+RECEIPT_TYPE = "evidock-receipt"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The platform's signed statement that it stored a byte-exact copy (design.md step 8)."""
+
+    station: str
+    sha256: str
+    size: int
+    seq: int  # the file's ingest entry in the station's ledger
+    stored_at: str  # RFC 3339 UTC
+    held_size: int  # the station checkpoint the platform held when it stored the file
+
+    def text(self) -> str:
+        body = {
+            "type": RECEIPT_TYPE,
+            "v": 1,
+            "station": self.station,
+            "sha256": self.sha256,
+            "size": self.size,
+            "seq": self.seq,
+            "stored_at": self.stored_at,
+            "held_size": self.held_size,
+        }
+        return canonical.dumps(body).decode() + "\n"
+
+    def sign(self, signer: NoteSigner) -> str:
+        return sign_note(self.text(), [signer])
+
+    @classmethod
+    def open(cls, note: str | bytes, verifiers: Sequence[NoteVerifier]) -> Receipt:
+        """Verify a receipt note. Raises InputError (malformed) or SignatureError."""
+        opened = open_note(note, list(verifiers))
+        try:
+            value = canonical.loads(opened.text[:-1].encode())
+        except InputError as e:
+            raise InputError(f"receipt text is not canonical JSON: {e}") from e
+        if not isinstance(value, dict) or value.get("type") != RECEIPT_TYPE or value.get("v") != 1:
+            raise InputError("note is not an evidock receipt version 1")
+        fields = ("station", "sha256", "size", "seq", "stored_at", "held_size")
+        if set(value) != {"type", "v", *fields}:
+            raise InputError("receipt has missing or unknown fields")
+        station, sha, size, seq = value["station"], value["sha256"], value["size"], value["seq"]
+        stored_at, held = value["stored_at"], value["held_size"]
+        if not isinstance(station, str) or not isinstance(stored_at, str):
+            raise InputError("receipt station and stored_at must be strings")
+        if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
+            raise InputError("receipt sha256 is not a lowercase hex digest")
+        if not all(_is_int(n) and n >= 0 for n in (size, seq, held)):
+            raise InputError("receipt size, seq and held_size must be non-negative integers")
+        return cls(station, sha, size, seq, stored_at, held)
