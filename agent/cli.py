@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from agent import config, records, schema, wiring
+from agent import config, records, schema, uplink, wiring
 from agent.daemon import STATUS_FILE
 from agent.demo import run_demo
 from agent.ingest import Binding, IngestResult, ingest_paths
@@ -375,6 +375,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"      error: {err}")
     if not status.get("sessions"):
         print("  no recorder docked")
+    upload = status.get("upload")
+    if isinstance(upload, dict):
+        print(uplink.describe_upload(upload))
     return EXIT_OK if alive else EXIT_USAGE
 
 
@@ -389,6 +392,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
     log.warning("evidock agent running for station %s in %s", station.station_id, station.home)
     daemon.serve(stop)
     return EXIT_OK
+
+
+def _with_station(handler: uplink.StationHandler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        station = _open(args)
+        try:
+            return handler(station, config.load(), args)
+        finally:
+            station.close()
+
+    return run
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    return uplink.cmd_receive(config.load(Path(args.config) if args.config else None), args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -551,6 +569,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     add("agent", cmd_agent, "run the dock daemon in the foreground (SIGTERM stops it cleanly)")
+
+    upload = sub.add_parser("upload", help="the outbox of uploads to the platform").add_subparsers(
+        dest="upload_command", required=True, metavar="ACTION"
+    )
+    p = add(
+        "status",
+        _with_station(uplink.cmd_upload_status),
+        "the broker link and what is queued, sending, awaiting a receipt or receipted",
+        upload,
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="transfers to list")
+    p = add(
+        "retry",
+        _with_station(uplink.cmd_upload_retry),
+        "send one recording again from the start (after the platform refused it)",
+        upload,
+    )
+    p.add_argument("sha256", type=uplink.check_sha256, metavar="SHA256")
+    p = add(
+        "drain",
+        _with_station(uplink.cmd_upload_drain),
+        "send everything queued and wait for the receipts (exit 0 when all are receipted)",
+        upload,
+    )
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S")
+
+    p = add(
+        "receive",
+        cmd_receive,
+        "platform side: take uploads from the broker, store them, answer with signed receipts",
+    )
+    p.add_argument("--config", metavar="FILE", help="receiver configuration (TOML)")
+    p.add_argument("--receiver-home", metavar="DIR", help="state folder (default [receiver] home)")
+    p.add_argument(
+        "--show-key",
+        action="store_true",
+        help="print the receipt verifier key for the docks' [upload] platform_key, then exit",
+    )
 
     p = add(
         "demo", cmd_demo, "make sample footage, ingest, export and verify it, saying what happens"

@@ -139,3 +139,17 @@ def load(path: Path | None = None) -> Config:
     if values["checkpoint"]["interval_s"] <= 0:
         raise ConfigError(f"{path}: [checkpoint] interval_s must be positive")
     return Config(values, path)
+
+
+def read_secret(path: Path, what: str) -> str:
+    """A secret from a root-only file (0600 or stricter); never from the config itself."""
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from e
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{what}: {path} is readable by others; chmod 600 it")
+    if not text:
+        raise ConfigError(f"{what}: {path} is empty")
+    return text

@@ -39,6 +39,15 @@ class Watcher(Protocol):
     def stop(self) -> None: ...
 
 
+class Uplink(Protocol):
+    """The uploader, as the daemon drives it (uploader.sender.Uploader)."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout_s: float = 10.0) -> None: ...
+    def wake(self) -> None: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class IdentitySource(Protocol):
     """Identities read before a recorder became a disk (GA/T 947.4 SDK mode)."""
 
@@ -81,8 +90,10 @@ class Daemon:
         checkpoint_interval_s: int = 300,
         preparers: Sequence[Preparer] = (),
         identities: Sequence[IdentitySource] = (),
+        uplink: Uplink | None = None,
     ) -> None:
         self.station = station
+        self.uplink = uplink
         self.drivers = list(drivers)
         self.preparers = list(preparers)
         self.identities = list(identities)
@@ -179,6 +190,8 @@ class Daemon:
                 log.exception("session %s crashed", session.device.sys_path)
                 session.status.state = "failed"
                 session.status.errors.append("internal error; see the log")
+            if self.uplink is not None:
+                self.uplink.wake()  # new recordings and a new checkpoint to send
 
     def _detach(self, device: DeviceInfo) -> None:
         with self._lock:
@@ -208,12 +221,15 @@ class Daemon:
             sessions = [
                 s.session.status.as_dict() | {"present": s.present} for s in self._slots.values()
             ]
-        return {
+        status: dict[str, Any] = {
             "pid": os.getpid(),
             "updated": now,
             "station": self.station.station_id,
             "sessions": sessions,
         }
+        if self.uplink is not None:
+            status["upload"] = self.uplink.snapshot()
+        return status
 
     def write_status(self) -> None:
         write_atomic(self.status_path, json.dumps(self.snapshot(), ensure_ascii=False).encode())
@@ -230,6 +246,8 @@ class Daemon:
                     log.warning("released a mount left by an earlier run: %s", folder)
             except Exception:  # the dock must still start; new mounts get new folders
                 log.exception("releasing stale mounts of %s failed", driver.key)
+        if self.uplink is not None:
+            self.uplink.start()
         for factory in self.watcher_factories:
             watcher = factory(self.on_event)
             watcher.start()
@@ -247,6 +265,8 @@ class Daemon:
                 if time.monotonic() >= next_checkpoint:
                     self.station.checkpoint()
                     next_checkpoint = time.monotonic() + self.checkpoint_interval_s
+                    if self.uplink is not None:
+                        self.uplink.wake()
             except Exception:  # the loop must outlive a full disk or a busy database
                 log.exception("status or checkpoint failed; retrying")
         self.stop()
@@ -268,4 +288,9 @@ class Daemon:
         try:
             self.station.checkpoint()
         finally:
+            if self.uplink is not None:
+                try:
+                    self.uplink.stop()
+                except Exception:
+                    log.exception("stopping the uploader failed")
             self.write_status()

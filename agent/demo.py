@@ -4,13 +4,16 @@ A station is created; a simulated camera (real MP4 clips, a deliberate hole in
 its clip numbers and time) is docked into a watched folder, where the dock
 daemon notices it, offloads it (one-pass copy + digests, re-read check, media
 probe, ledger entries) and says when it is safe to unplug; its story is told
-as anomalies; a supervisor tags the clips to a case; the case is exported,
+as anomalies; a supervisor tags the clips to a case; the clips are uploaded
+through a local mosquitto (TLS, passwords, the shipped ACL) to the platform's
+receiver, which answers with signed receipts; the case is exported,
 verified offline with only the station's public key and with coreutils, and a
 one-byte edit in a copy of the export is caught.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from agent import records
 from agent.daemon import Daemon, EventSink, Watcher
+from agent.localbroker import Broker, make_pki, mosquitto_missing
 from agent.offload import OffloadPolicy
 from drivers.demo import DemoCamera, Gap
 from drivers.folder import FolderDriver, FolderWatcher
@@ -29,6 +33,9 @@ from hashing.errors import ConfigError, EvidockError
 from hashing.findings import EXIT_OK
 from hashing.station import Station
 from hashing.verify import verify_bundle
+from uploader.link import MqttSettings
+from uploader.receiver import Receiver, ReceiverSettings, serve
+from uploader.sender import Uploader, UploadSettings
 
 CASE = "CASE-2026-0001"
 SERIAL = "DEMO0001"
@@ -99,6 +106,70 @@ def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
         server.join(60)
 
 
+def _upload(station: Station, work: Path) -> None:
+    """Upload everything through a local broker to a receiver; show the receipts."""
+    missing = mosquitto_missing()
+    if missing is not None:
+        uploader = Uploader(station, UploadSettings(), None)
+        uploader.outbox.sync(station.ledger)
+        queued = uploader.outbox.summary()["unreceipted"]
+        uploader.close()
+        _say(f"   no local broker ({missing}): {queued} recordings stay queued in the outbox")
+        return
+    sid = station.station_id
+    passwords = {"platform": secrets.token_urlsafe(16), sid: secrets.token_urlsafe(16)}
+    broker = Broker(make_pki(work / "pki"), users=passwords)
+    broker.start()
+    receiver = Receiver(ReceiverSettings(work / "platform", {sid: (station.keys.load().verifier,)}))
+    stop = threading.Event()
+
+    def settings(user: str, client_id: str) -> MqttSettings:
+        return MqttSettings(
+            host=broker.host,
+            port=broker.tls_port,
+            client_id=client_id,
+            username=user,
+            password=passwords[user],
+            tls=True,
+            ca_file=broker.ca_file,
+        )
+
+    server = threading.Thread(
+        target=serve,
+        args=(receiver, settings("platform", "evidock-receiver"), stop),
+        name="demo-receiver",
+    )
+    server.start()
+    uploader = Uploader(
+        station,
+        UploadSettings(platform_keys=(receiver.verifier,)),
+        settings(sid, f"evidock-{sid}"),
+    )
+    try:
+        _say(f"   broker mqtts://{broker.host}:{broker.tls_port} (TLS, passwords, ACL)")
+        _say(f"   platform receipt key: {receiver.verifier.vkey}")
+        uploader.start()
+        if not uploader.drain(120):
+            raise EvidockError("the uploads were not receipted within two minutes")
+    finally:
+        uploader.close()
+        stop.set()
+        server.join(30)
+        receiver.close()
+        broker.stop()
+        broker.close()
+    receipts = list(station.ledger.entries_of_type("upload_receipt"))
+    for entry in receipts:
+        _say(
+            f"   receipt for {entry.body['sha256'][:16]}… ({entry.body['size']} bytes), "
+            f"stored by the platform at {entry.body['stored_at']}: entry {entry.seq}"
+        )
+    if receipts:
+        _say("   the last receipt, a signed note by the platform key:")
+        for line in str(receipts[-1].body["receipt"]).splitlines():
+            _say(f"   | {line}")
+
+
 def _steps(home: Path, out: Path, work: Path) -> int:
     _say(f"1. Creating station DOCK-DEMO in {home}")
     station = Station.init(home, "DOCK-DEMO")
@@ -135,15 +206,17 @@ def _steps(home: Path, out: Path, work: Path) -> int:
     _say(
         f"4. A supervisor tags the {len(shas)} clips to case {CASE} as evidence (entry {entry.seq})"
     )
+    _say("5. Uploading to the platform: EMQX file transfer over MQTT, resumable, receipted")
+    _upload(station, work)
     signed = station.checkpoint()
     _say(f"   signed checkpoint (C2SP signed note), tree size {signed.checkpoint.size}:")
     for line in signed.note.splitlines():
         _say(f"   | {line}")
 
-    _say(f"5. Exporting case {CASE} to {out}")
+    _say(f"6. Exporting case {CASE} to {out}")
     export_bundle(station, Selection(case=CASE), out)
 
-    _say("6. Verifying the export offline with only the public key:")
+    _say("7. Verifying the export offline with only the public key:")
     report = verify_bundle(out, [station.keys.load().verifier])
     for line in report.render().splitlines():
         _say(f"   {line}")
@@ -151,7 +224,7 @@ def _steps(home: Path, out: Path, work: Path) -> int:
         return report.exit_code
 
     if shutil.which("sha256sum"):
-        _say("7. Checking file digests with coreutils alone (sha256sum -c SHA256SUMS):")
+        _say("8. Checking file digests with coreutils alone (sha256sum -c SHA256SUMS):")
         done = subprocess.run(
             ["sha256sum", "-c", "SHA256SUMS"],
             cwd=out,
@@ -164,7 +237,7 @@ def _steps(home: Path, out: Path, work: Path) -> int:
         if done.returncode != 0:
             return 1
 
-    _say("8. Tampering with a copy of the export (one byte of one clip) and verifying again:")
+    _say("9. Tampering with a copy of the export (one byte of one clip) and verifying again:")
     tampered = work / "tampered"
     shutil.copytree(out, tampered)
     victim = sorted((tampered / "files").iterdir())[0]

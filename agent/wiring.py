@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config import Config
+from agent import uplink
+from agent.config import Config, read_secret
 from agent.daemon import Daemon, EventSink, IdentitySource, Preparer, Watcher, WatcherFactory
 from agent.offload import OffloadPolicy
 from drivers.base import Driver
@@ -41,20 +42,6 @@ class Parts:
     watchers: list[WatcherFactory] = field(default_factory=list)
     preparers: list[Preparer] = field(default_factory=list)
     identities: list[IdentitySource] = field(default_factory=list)
-
-
-def read_secret(path: Path, what: str) -> str:
-    """A secret from a root-only file (0600 or stricter); never from the config itself."""
-    try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from e
-    if st.st_mode & 0o077:
-        raise ConfigError(f"{what}: {path} is readable by others; chmod 600 it")
-    if not text:
-        raise ConfigError(f"{what}: {path} is empty")
-    return text
 
 
 def build_drivers(cfg: Config) -> tuple[list[Driver], list[WatcherFactory]]:
@@ -131,4 +118,5 @@ def build_daemon(station: Station, cfg: Config) -> Daemon:
         checkpoint_interval_s=cfg.checkpoint_interval_s,
         preparers=parts.preparers,
         identities=parts.identities,
+        uplink=uplink.build_uploader(station, cfg),
     )

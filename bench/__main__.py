@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import digester, ingest, ledger, memory, offload
+from bench import digester, ingest, ledger, memory, offload, upload
 from bench._report import GIB, MIB, Row, Section, error_row, table
 from bench._system import load_average, machine_lines
 
@@ -40,6 +40,9 @@ class Scale:
     small_files: int
     small_size: int
     offload_rss_large: int
+    upload_total: int
+    upload_rss_queued: int
+    upload_rss_seconds: int
 
 
 FULL = Scale(
@@ -62,6 +65,9 @@ FULL = Scale(
     small_files=2000,
     small_size=64 * 1024,
     offload_rss_large=2 * GIB,
+    upload_total=1 * GIB,
+    upload_rss_queued=20 * GIB,
+    upload_rss_seconds=15,
 )
 QUICK = Scale(
     ingest_total=64 * MIB,
@@ -83,6 +89,9 @@ QUICK = Scale(
     small_files=100,
     small_size=16 * 1024,
     offload_rss_large=128 * MIB,
+    upload_total=64 * MIB,
+    upload_rss_queued=2 * GIB,
+    upload_rss_seconds=5,
 )
 
 
@@ -113,6 +122,13 @@ BENCHMARKS: dict[str, Callable[[Path, Scale], Section]] = {
         rounds=s.rounds,
         rss_small=s.rss_small,
         rss_large=s.offload_rss_large,
+    ),
+    "upload": lambda out, s: upload.run(
+        out,
+        total=s.upload_total,
+        rounds=s.rounds,
+        rss_queued=s.upload_rss_queued,
+        rss_seconds=s.upload_rss_seconds,
     ),
 }
 

@@ -173,10 +173,15 @@ def make_client(
     return client
 
 
-def start(client: mqtt.Client, settings: MqttSettings) -> None:
-    """Connect in the background with a persistent session; paho retries with backoff."""
+def start(client: mqtt.Client, settings: MqttSettings, *, receive_maximum: int = 0) -> None:
+    """Connect in the background with a persistent session; paho retries with backoff.
+
+    ``receive_maximum`` (MQTT 5 §3.1.2.11.3), when set, caps the QoS 1 messages the
+    broker sends before this client acknowledges them: a receiver's backlog."""
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = SESSION_EXPIRY_S
+    if receive_maximum:
+        props.ReceiveMaximum = receive_maximum
     client.connect_async(
         settings.host,
         settings.port,

@@ -332,7 +332,8 @@ class Provenance:
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Provenance:
-        if value.get("evidock") != 1:
+        version = value.get("evidock")
+        if not (_is_int(version) and version == 1):
             raise InputError("user_data is not evidock provenance version 1")
         station, entry, note = value.get("station"), value.get("entry"), value.get("checkpoint")
         start = value.get("consistency_from")
