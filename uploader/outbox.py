@@ -30,6 +30,7 @@ from __future__ import annotations
 import builtins
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -178,9 +179,12 @@ class Outbox:
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             lock = path.with_name(path.name + ".lock")
-            with lock.open("a") as fd:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # two processes opening a new outbox at once
                 migrations.apply(Database(self._conn))
+            finally:
+                os.close(fd)
         except sqlite3.Error as e:
             self._conn.close()
             raise ConfigError(f"{path}: cannot open the outbox: {e}") from e

@@ -14,7 +14,11 @@ Threads: paho's network thread only parses and queues events; one worker
 thread owns the outbox writes and every decision, so the state machine needs
 no locks. Durable state lives in the outbox (uploader.outbox); what is in
 flight lives in memory and is simply resent after a crash or an outage (the
-receiver is idempotent).
+receiver is idempotent). After a reconnect, paho itself resends what the
+broker never acknowledged; what it had acknowledged is resent here only when
+the broker lost our session (CONNACK session-present 0), since a kept session
+still delivers the results. Anything whose result does not come within
+``result_timeout_s`` is sent again.
 
 Pitfalls this module is built around (design.md "Formats", the issue):
 

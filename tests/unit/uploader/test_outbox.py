@@ -152,8 +152,9 @@ def test_unreadable_entry_stops_sync_after_what_came_before(ledger: Ledger, outb
 
 
 def test_outbox_file_is_private(tmp_path: Path, outbox: Outbox) -> None:
-    mode = stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode)
-    assert mode & 0o077 == 0
+    for name in ("outbox.db", "outbox.db.lock", "outbox.db-wal"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode & 0o077 == 0, name
 
 
 def test_state_survives_reopening(tmp_path: Path, ledger: Ledger) -> None:

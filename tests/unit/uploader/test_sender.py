@@ -438,6 +438,8 @@ def test_settings_from_config() -> None:
     assert s.segment_bytes == 65536
     with pytest.raises(ConfigError, match="platform_key"):
         UploadSettings.from_config({"platform_key": "nonsense"}, 0)
+    with pytest.raises(ConfigError, match="schedule window 1"):
+        UploadSettings.from_config({"schedule": [{"from": "7"}]}, 0)
 
 
 def test_link_state_unconfigured_snapshot(tmp_path: Path) -> None:
