@@ -37,11 +37,11 @@ from hashing._fsutil import make_private_dir
 from hashing.entries import Entry
 from hashing.errors import DeviceError, EvidockError, IntegrityError
 from hashing.station import Station
+from uploader.outbox import UPLOAD_RECEIPT
 
 log = logging.getLogger(__name__)
 
 WIPE_POLICIES = ("never", "after_verified", "after_receipt")
-UPLOAD_RECEIPT = "upload_receipt"
 
 
 @dataclass(frozen=True)

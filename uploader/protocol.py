@@ -123,6 +123,9 @@ class Topics:
     def fin(self, file_id: str, size: int, checksum: str) -> str:
         return f"{self.prefix}/{file_id}/fin/{size}/{checksum}"
 
+    def abort(self, file_id: str) -> str:
+        return f"{self.prefix}/{file_id}/abort"
+
     def _dock(self, leaf: str) -> str:
         return f"{DOCK_TOPICS.format(station=self.station)}/{leaf}"
 
@@ -262,15 +265,17 @@ class FileMeta:
     user_data: Mapping[str, Any]
 
     def to_json(self) -> bytes:
+        value: dict[str, Any] = {
+            "name": self.name,
+            "size": self.size,
+            "checksum": self.checksum,
+            "segments_ttl": self.segments_ttl,
+            "user_data": self.user_data,
+        }
+        if self.expire_at:  # EMQX reads 0 as "expired at the epoch"; absent means never
+            value["expire_at"] = self.expire_at
         return json.dumps(
-            {
-                "name": self.name,
-                "size": self.size,
-                "checksum": self.checksum,
-                "expire_at": self.expire_at,
-                "segments_ttl": self.segments_ttl,
-                "user_data": self.user_data,
-            },
+            value,
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode()

@@ -592,7 +592,7 @@ class Uploader:
                 self._aborted.add(sha)
                 self.outbox.reset(sha)
                 self._forget(sha)
-                self._publish((sha, "abort", 0), f"{self.topics.prefix}/{sha}/abort", b"")
+                self._publish((sha, "abort", 0), self.topics.abort(sha), b"")
                 if current is not None:
                     self._current = _Current(current.transfer)
                 return True
