@@ -107,6 +107,7 @@ class Daemon:
         self._capacity = threading.BoundedSemaphore(max_sessions)
         self.status_path = station.home / STATUS_FILE
         self.heartbeat = time.monotonic()
+        self._receipts = threading.Event()
 
     # -- events --------------------------------------------------------------
 
@@ -202,6 +203,25 @@ class Daemon:
             slot.stop.set()
         log.info("recorder removed: %s", device.sys_path)
 
+    def notify_receipt(self, sha256: str) -> None:
+        """The platform receipted a recording (called from the uploader's thread).
+
+        Cameras usually stay docked to charge: with the ``after_receipt`` policy
+        the serve loop then runs a new session for each recorder still docked,
+        which copies nothing new and wipes what the platform now holds."""
+        if self.policy.wipe == "after_receipt":
+            self._receipts.set()
+
+    def _rewipe_docked(self) -> None:
+        if not self._receipts.is_set():
+            return
+        self._receipts.clear()
+        with self._lock:
+            idle = [s.device for s in self._slots.values() if s.present and not s.thread.is_alive()]
+        for device in idle:
+            log.info("receipts arrived: wiping what the platform holds from %s", device.sys_path)
+            self._attach(device)
+
     def _changed(self, status: SessionStatus) -> None:
         self.heartbeat = time.monotonic()
 
@@ -261,6 +281,7 @@ class Daemon:
         while not until.wait(STATUS_EVERY_S):
             self.heartbeat = time.monotonic()
             try:
+                self._rewipe_docked()
                 self.write_status()
                 if time.monotonic() >= next_checkpoint:
                     self.station.checkpoint()

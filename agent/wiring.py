@@ -109,7 +109,8 @@ def build_daemon(station: Station, cfg: Config) -> Daemon:
             f"{cfg.source or 'the default configuration'}: no recorder driver is enabled; "
             "enable [usb] or list [folder] roots"
         )
-    return Daemon(
+    uploader = uplink.build_uploader(station, cfg)
+    daemon = Daemon(
         station,
         parts.drivers,
         offload_policy(cfg),
@@ -118,5 +119,7 @@ def build_daemon(station: Station, cfg: Config) -> Daemon:
         checkpoint_interval_s=cfg.checkpoint_interval_s,
         preparers=parts.preparers,
         identities=parts.identities,
-        uplink=uplink.build_uploader(station, cfg),
+        uplink=uploader,
     )
+    uploader.on_receipt = daemon.notify_receipt
+    return daemon

@@ -95,22 +95,30 @@ def test_agent_uploads_and_wipes_after_receipt_at_the_next_docking(
     try:
         camera.plug_into(root)
         wait_for("three receipts", lambda: len(receipts_of(station)) == 3, timeout=60)
-        # Receipts came after this docking's wipe step: nothing is deleted yet.
-        assert len(list((root / "CAM1").rglob("*.MP4"))) == 3
+        # The camera stays docked (charging): the receipts make the dock wipe it now.
+        wait_for(
+            "the receipted clips to be wiped while docked",
+            lambda: not list((root / "CAM1").rglob("*.MP4")),
+            timeout=30,
+        )
         wait_for("the status file to show the link", lambda: "upload" in _status(station))
         capsys.readouterr()
         assert main(["status", "--home", str(station.home)]) == 0
         shown = capsys.readouterr().out
         assert "uplink:" in shown and " connected" in shown, shown
 
+        # It records again and docks again: the new clip is copied, not wiped yet.
         camera.folder.rename(tmp_path / "cam")  # unplug
         camera.folder = tmp_path / "cam"
-        time.sleep(1.0)
-        camera.plug_into(root)  # the same camera docks again
+        camera.record(1, 1)
+        time.sleep(0.5)
+        camera.plug_into(root)
+        wait_for("the fourth recording", lambda: len(_ingested(station)) == 4, timeout=60)
+        wait_for("its receipt", lambda: len(receipts_of(station)) == 4, timeout=60)
         wait_for(
-            "the receipted clips to be wiped",
+            "the fourth clip to be wiped",
             lambda: not list((root / "CAM1").rglob("*.MP4")),
-            timeout=60,
+            timeout=30,
         )
     finally:
         stop.set()
@@ -122,6 +130,10 @@ def test_agent_uploads_and_wipes_after_receipt_at_the_next_docking(
         stored = platform.receiver.stored(sha)
         assert stored is not None
         assert stored.read_bytes() == station.store.path_for(sha).read_bytes()
+
+
+def _ingested(station: Station) -> list[str]:
+    return [str(e.body["sha256"]) for e in station.ledger.entries_of_type("ingest")]
 
 
 def _status(station: Station) -> dict[str, object]:
