@@ -43,6 +43,7 @@ class Scale:
     upload_total: int
     upload_rss_queued: int
     upload_rss_seconds: int
+    upload_rounds: int
 
 
 FULL = Scale(
@@ -68,6 +69,7 @@ FULL = Scale(
     upload_total=1 * GIB,
     upload_rss_queued=20 * GIB,
     upload_rss_seconds=15,
+    upload_rounds=3,
 )
 QUICK = Scale(
     ingest_total=64 * MIB,
@@ -91,7 +93,8 @@ QUICK = Scale(
     offload_rss_large=128 * MIB,
     upload_total=64 * MIB,
     upload_rss_queued=2 * GIB,
-    upload_rss_seconds=5,
+    upload_rss_seconds=4,
+    upload_rounds=1,
 )
 
 
@@ -126,7 +129,7 @@ BENCHMARKS: dict[str, Callable[[Path, Scale], Section]] = {
     "upload": lambda out, s: upload.run(
         out,
         total=s.upload_total,
-        rounds=s.rounds,
+        rounds=s.upload_rounds,
         rss_queued=s.upload_rss_queued,
         rss_seconds=s.upload_rss_seconds,
     ),

@@ -107,6 +107,20 @@ class _Rig:
         self.platform_key = ""
 
     def start_receiver(self, station_key: str) -> None:
+        """A fresh platform for a fresh station: first clear the retained checkpoint
+        the previous station (another key, same id) left at the broker."""
+        import paho.mqtt.client as mqtt  # noqa: PLC0415
+
+        client = _paho(
+            STATION, self.passwords[STATION], self.broker.ca_file, str(self.broker.tls_port)
+        )
+        assert isinstance(client, mqtt.Client)
+        client.loop_start()
+        client.publish(
+            f"evidock/v1/docks/{STATION}/checkpoint", b"", qos=1, retain=True
+        ).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
         home = self.scratch / "platform"
         shutil.rmtree(home, ignore_errors=True)
         self.receiver = _child(

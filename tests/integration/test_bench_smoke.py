@@ -25,6 +25,8 @@ ROWS = (
     "ledger verify, 20,000 entries",
     "inclusion proof, 20,000 entries",
     "peak RSS, ingest one 256 MiB file",
+    "upload 64 MiB to `evidock receive` (TLS)",
+    "dock peak RSS, 2 GiB queued",
 )
 RATIO = re.compile(r"\s\d+\.\d+x\s")
 
