@@ -8,9 +8,11 @@ traceback only with --verbose.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 import threading
@@ -24,6 +26,8 @@ from agent.daemon import STATUS_FILE
 from agent.demo import run_demo
 from agent.ingest import Binding, IngestResult, ingest_paths
 from agent.offload import OffloadSession
+from agent.roles import ROLES
+from agent.users import CONSOLE, Users, check_account
 from drivers.mounted import MountedDriver, mounted_device
 from hashing._fsutil import pid_alive
 from hashing.audit import audit
@@ -388,9 +392,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    kiosk = wiring.start_kiosk(station, cfg, daemon)  # before READY=1; None: no screen
     daemon.start()
     log.warning("evidock agent running for station %s in %s", station.station_id, station.home)
-    daemon.serve(stop)
+    try:
+        daemon.serve(stop)
+    finally:
+        if kiosk is not None:
+            kiosk.stop()
     return EXIT_OK
 
 
@@ -411,6 +420,166 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_home(args), Path(args.out) if args.out else None)
+
+
+# -- users and the configuration file (issue 5) ------------------------------------
+
+
+def _console_actor() -> str:
+    """Who changes users from the command line: ``console:<unix user>``. Whoever
+    can run it on the machine can write the station folder: the trust anchor."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"
+    return f"{CONSOLE}{name}"
+
+
+def _new_secret(args: argparse.Namespace) -> str:
+    """From --password-file (0600), else asked twice at the terminal; never from argv."""
+    if args.password_file:
+        return config.read_secret(Path(args.password_file), "--password-file")
+    first = getpass.getpass("PIN or password: ")
+    if getpass.getpass("the same again: ") != first:
+        raise InputError("the two entries differ; nothing was changed")
+    return first
+
+
+def _user_store(args: argparse.Namespace) -> Users:
+    return Users(_open(args))
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    check_account(args.name, args.role, args.officer)  # before asking for a secret
+    store = _user_store(args)
+    try:
+        if store.get(args.name) is not None:
+            raise InputError(f"user {args.name!r} exists; user names are never reused")
+        user = store.add(
+            args.name, args.role, _new_secret(args), officer=args.officer, by=_console_actor()
+        )
+    finally:
+        store.close()
+    bound = f", officer id {user.officer}" if user.officer else ""
+    print(f"user {user.name} added as {user.role}{bound}")
+    return EXIT_OK
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    store = _user_store(args)
+    try:
+        if store.get(args.name) is None:
+            raise InputError(f"no user {args.name!r}; see `evidock user list`")
+        store.passwd(args.name, _new_secret(args), by=_console_actor())
+    finally:
+        store.close()
+    print(f"new PIN or password set for {args.name}; their open sessions have ended")
+    return EXIT_OK
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    store = _user_store(args)
+    try:
+        user = store.get(args.name)
+        if user is None:
+            raise InputError(f"no user {args.name!r}; see `evidock user list`")
+        if user.disabled:
+            print(f"user {args.name} is already disabled")
+            return EXIT_OK
+        store.disable(args.name, by=_console_actor())
+    finally:
+        store.close()
+    print(f"user {args.name} disabled; their open sessions have ended")
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    store = _user_store(args)
+    try:
+        rows = store.list()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([u.__dict__ for u in rows], ensure_ascii=False, indent=1))
+        return EXIT_OK
+    print(f"{'NAME':<20} {'ROLE':<11} {'OFFICER':<12} STATE")
+    for u in rows:
+        state = "disabled" if u.disabled else "active"
+        print(f"{u.name:<20} {u.role:<11} {u.officer or '-':<12} {state}")
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else config.default_path()
+    if path is None:
+        print(
+            f"no configuration file ({config.SYSTEM_CONFIG} does not exist and "
+            "EVIDOCK_CONFIG is not set): the built-in defaults apply"
+        )
+        return EXIT_OK
+    problems = config.check(path)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"evidock: {path}: {len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: ok")
+    return EXIT_OK
+
+
+def _user_and_config_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    def add(
+        name: str,
+        handler: Handler,
+        help_text: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+    ) -> argparse.ArgumentParser:
+        # No abbreviations: `--password SECRET` must not pass for `--password-file`.
+        p = parent.add_parser(
+            name, parents=[common], help=help_text, description=help_text, allow_abbrev=False
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    file_help = "read the PIN or password from this file (mode 0600) instead of asking"
+    user = sub.add_parser("user", help="the kiosk's users and their roles").add_subparsers(
+        dest="user_command", required=True, metavar="ACTION"
+    )
+    p = add("add", cmd_user_add, "add a user; asks for their PIN or password", user)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument(
+        "--officer",
+        metavar="ID",
+        help="the officer id the device registry binds recorders to (required for officers)",
+    )
+    p.add_argument("--password-file", metavar="FILE", help=file_help)
+    p = add("passwd", cmd_user_passwd, "set a user's PIN or password; ends their sessions", user)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--password-file", metavar="FILE", help=file_help)
+    p = add("disable", cmd_user_disable, "disable a user for good; ends their sessions", user)
+    p.add_argument("name", metavar="NAME")
+    p = add("list", cmd_user_list, "list users, their roles and officer ids", user)
+    p.add_argument("--json", action="store_true")
+
+    cfg = sub.add_parser("config", help="the configuration file").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION"
+    )
+    p = add(
+        "check",
+        cmd_config_check,
+        "report every unknown section or key and every bad value, with its line",
+        cfg,
+    )
+    p.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help=f"the file to check (default: $EVIDOCK_CONFIG, else {config.SYSTEM_CONFIG})",
+    )
 
 
 def _emit(value: object, as_json: bool) -> None:
@@ -615,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="DIR", help="where to write the bundle (default HOME/../demo-export)"
     )
+    _user_and_config_parsers(sub, common)
     return parser
 
 

@@ -8,8 +8,13 @@ typed values.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import os
+import re
 import tomllib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +63,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "upload": {
         "topic_prefix": (str, "$file-async/{station}"),
         "segment_bytes": (int, 1048576),
-        "window_segments": (int, 8),
+        "window_segments": (int, 32),
         "bandwidth_bytes_per_s": (int, 0),
         "schedule": ("list[table]", []),
         "platform_key": (str, ""),
@@ -72,7 +77,17 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_transfers_per_station": (int, 64),
         "max_spool_mb_per_station": (int, 65536),
     },
+    "kiosk": {
+        "address": (str, "127.0.0.1"),
+        "port": (int, 8470),
+        "session_minutes": (int, 30),
+        "max_failed_logins": (int, 5),
+        "lockout_minutes": (int, 15),
+        "language": (str, "zh-CN"),
+    },
 }
+
+LANGUAGES = ("zh-CN", "en")  # the kiosk's languages; [kiosk] language picks the default
 
 
 @dataclass(frozen=True)
@@ -92,53 +107,340 @@ class Config:
         return int(self.get("checkpoint", "interval_s"))
 
 
-def _check(path: Path, section: str, key: str, kind: Any, value: Any) -> Any:
-    where = f"{path}: [{section}] {key}"
+# -- values beyond their kind ----------------------------------------------------
+
+Rule = Callable[[Any], str | None]  # a message if the value is unusable
+
+
+def _at_least(low: int) -> Rule:
+    def rule(value: Any) -> str | None:
+        return None if value >= low else f"must be at least {low}"
+
+    return rule
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    def rule(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+    return rule
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
+
+
+def _ip_address(value: Any) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address such as 127.0.0.1 or ::1 (not a host name)"
+    return None
+
+
+# (section, key) -> rule. The wipe policies are agent.offload.WIPE_POLICIES (a
+# test keeps the two equal; importing the offload machinery here would make
+# reading the config file pull in the media probe).
+RULES: dict[tuple[str, str], Rule] = {
+    ("checkpoint", "interval_s"): _positive,
+    ("offload", "wipe"): _one_of(("never", "after_verified", "after_receipt")),
+    ("offload", "max_sessions"): _at_least(1),
+    ("mqtt", "port"): _port,
+    ("kiosk", "address"): _ip_address,
+    ("kiosk", "port"): _port,
+    ("kiosk", "session_minutes"): _at_least(1),
+    ("kiosk", "max_failed_logins"): _at_least(1),
+    ("kiosk", "lockout_minutes"): _at_least(1),
+    ("kiosk", "language"): _one_of(LANGUAGES),
+}
+
+
+def _kind_problem(kind: Any, value: Any) -> str | None:
     if kind == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings")
+            return "must be a list of strings"
     elif kind == "list[table]":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(f'{where} must be a list of tables, e.g. [{{ layout = "DCIM" }}]')
+            return 'must be a list of tables, e.g. [{ layout = "DCIM" }]'
     elif kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
+            return "must be true or false"
     elif not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"{where} must be a {kind.__name__}")
+        return f"must be a {kind.__name__}"
     if kind is int and value < 0:
-        raise ConfigError(f"{where} must not be negative")
-    return value
+        return "must not be negative"
+    return None
+
+
+# -- problems, with the line they are on ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration file, printed as
+    ``FILE:LINE: [section] key: message`` (LINE left out when unknown)."""
+
+    path: Path | None
+    line: int | None
+    section: str | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.path) if self.path is not None else "(defaults)"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.section is None:
+            return f"{where}: {self.message}"
+        what = f"[{self.section}] {self.key}" if self.key is not None else f"[{self.section}]"
+        return f"{where}: {what}: {self.message}"
+
+
+_BARE = r"[A-Za-z0-9_-]+"
+_QUOTED = r""""(?:[^"\\]|\\.)*"|'[^']*'"""
+_DOTTED = rf"(?:{_BARE}|{_QUOTED})(?:\s*\.\s*(?:{_BARE}|{_QUOTED}))*"
+_TABLE_LINE = re.compile(rf"\s*\[\[?\s*(?P<name>{_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_KEY_LINE = re.compile(rf"\s*(?P<name>{_DOTTED})\s*=")
+_KEY_PART = re.compile(rf"{_BARE}|{_QUOTED}")
+
+
+def _key_parts(dotted: str) -> list[str]:
+    parts = []
+    for raw in _KEY_PART.findall(dotted):
+        if raw.startswith('"'):
+            try:
+                parts.append(str(json.loads(raw)))  # TOML basic strings escape like JSON
+            except ValueError:
+                parts.append(raw[1:-1])
+        elif raw.startswith("'"):
+            parts.append(raw[1:-1])
+        else:
+            parts.append(raw)
+    return parts
+
+
+@dataclass
+class _Lines:
+    """Where each section and key is written (tomllib keeps no positions): found
+    by scanning for ``[section]`` headers and ``key =`` lines, skipping the inside
+    of multi-line strings. First occurrence wins (TOML refuses duplicates)."""
+
+    sections: dict[str, int]
+    keys: dict[tuple[str, str], int]
+
+    @classmethod
+    def scan(cls, text: str) -> _Lines:
+        sections: dict[str, int] = {}
+        keys: dict[tuple[str, str], int] = {}
+        table: list[str] = []
+        in_string: str | None = None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if in_string is not None:
+                if line.count(in_string) % 2:
+                    in_string = None
+                continue
+            header = _TABLE_LINE.match(line)
+            if header:
+                table = _key_parts(header.group("name"))
+                sections.setdefault(table[0], number)
+                if len(table) > 1:
+                    keys.setdefault((table[0], table[1]), number)
+                continue
+            key = _KEY_LINE.match(line)
+            if key:
+                parts = table[:1] + _key_parts(key.group("name"))
+                sections.setdefault(parts[0], number)
+                if len(parts) > 1:
+                    keys.setdefault((parts[0], parts[1]), number)
+            for quotes in ('"""', "'''"):
+                if line.count(quotes) % 2:
+                    in_string = quotes
+                    break
+        return cls(sections, keys)
+
+    def of(self, section: str, key: str | None = None) -> int | None:
+        if key is not None and (section, key) in self.keys:
+            return self.keys[(section, key)]
+        return self.sections.get(section)
+
+
+def _syntax_problem(path: Path, error: tomllib.TOMLDecodeError) -> Problem:
+    text = str(error)
+    found = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
+    if found:
+        message = f"{text[: found.start()]} (column {found.group(2)})"
+        return Problem(path, int(found.group(1)), None, None, f"TOML syntax error: {message}")
+    return Problem(path, None, None, None, f"TOML syntax error: {text}")
+
+
+def _close(word: str, choices: Iterable[str], form: str = "{!r}") -> str:
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {form.format(near[0])}?" if near else ""
+
+
+def _validate(
+    path: Path | None, data: dict[str, Any], lines: _Lines
+) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
+    """The settings with the file's values over the defaults, and every problem."""
+    values: dict[str, dict[str, Any]] = {
+        s: {k: d for k, (_, d) in keys.items()} for s, keys in SCHEMA.items()
+    }
+    problems: list[Problem] = []
+    for section, table in data.items():
+        line = lines.of(section)
+        if section not in SCHEMA:
+            message = f"unknown section [{section}]{_close(section, SCHEMA, '[{}]')}"
+            problems.append(Problem(path, line, section, None, message))
+            continue
+        if not isinstance(table, dict):
+            message = f"must be a section ([{section}] on a line of its own), not a value"
+            problems.append(Problem(path, line, section, None, message))
+            continue
+        for key, value in table.items():
+            line = lines.of(section, key)
+            if key not in SCHEMA[section]:
+                message = f"unknown key {key!r} in [{section}]{_close(key, SCHEMA[section])}"
+                problems.append(Problem(path, line, section, key, message))
+                continue
+            problem = _kind_problem(SCHEMA[section][key][0], value)
+            rule = RULES.get((section, key))
+            if problem is None and rule is not None:
+                problem = rule(value)
+            if problem is not None:
+                problems.append(Problem(path, line, section, key, problem))
+            else:
+                values[section][key] = value
+    return values, problems
+
+
+def _parse(path: Path) -> tuple[str, dict[str, Any]]:
+    """The file's text and its TOML data. Raises ConfigError (unreadable, or a
+    syntax error, with its line)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from e
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(_syntax_problem(path, e))) from e
+
+
+def default_path() -> Path | None:
+    """$EVIDOCK_CONFIG, else /etc/evidock/evidock.toml if present, else None (defaults)."""
+    env = os.environ.get("EVIDOCK_CONFIG")
+    return Path(env) if env else (SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None)
 
 
 def load(path: Path | None = None) -> Config:
     """Load ``path``, else $EVIDOCK_CONFIG, else /etc/evidock/evidock.toml if present.
 
-    Raises ConfigError naming the file, the key and what is wrong.
+    Raises ConfigError naming the file, the line, the key and what is wrong
+    (every problem of the file, one per line).
     """
     if path is None:
-        env = os.environ.get("EVIDOCK_CONFIG")
-        path = Path(env) if env else (SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None)
-    values: dict[str, dict[str, Any]] = {
-        s: {k: d for k, (_, d) in keys.items()} for s, keys in SCHEMA.items()
-    }
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read: {e}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        for section, table in data.items():
-            if section not in SCHEMA or not isinstance(table, dict):
-                raise ConfigError(f"{path}: unknown section [{section}]")
-            for key, value in table.items():
-                if key not in SCHEMA[section]:
-                    raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
-                kind = SCHEMA[section][key][0]
-                values[section][key] = _check(path, section, key, kind, value)
-    if values["checkpoint"]["interval_s"] <= 0:
-        raise ConfigError(f"{path}: [checkpoint] interval_s must be positive")
+        path = default_path()
+    if path is None:
+        values, _ = _validate(None, {}, _Lines({}, {}))
+        return Config(values, None)
+    text, data = _parse(path)
+    values, problems = _validate(path, data, _Lines.scan(text))
+    if problems:
+        raise ConfigError("\n".join(map(str, problems)))
     return Config(values, path)
+
+
+def check(path: Path) -> list[Problem]:
+    """Every problem of the file at ``path``, with its line: syntax, unknown sections
+    and keys, values of the wrong kind or out of range (what ``load`` refuses),
+    then what the daemon would refuse at start: USB rules, upload and receiver
+    settings, and the files the settings name (secret files must be 0600).
+    Empty when the file is fine. For `evidock config check`."""
+    try:
+        text, data = _parse(path)
+    except ConfigError as e:
+        cause = e.__cause__
+        if isinstance(cause, tomllib.TOMLDecodeError):
+            return [_syntax_problem(path, cause)]
+        return [Problem(path, None, None, None, str(e).removeprefix(f"{path}: "))]
+    lines = _Lines.scan(text)
+    values, problems = _validate(path, data, lines)
+    bad = {p.section for p in problems}
+    cfg = Config(values, path)
+    for section, key, message in _deeper(cfg, skip=bad):
+        problems.append(Problem(path, lines.of(section, key), section, key, message))
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+
+
+# Settings that name a file the daemon opens at start (password files: via read_secret).
+FILE_KEYS = (
+    ("gat947", "library"),
+    ("gat947", "password_file"),
+    ("mqtt", "ca_file"),
+    ("mqtt", "cert_file"),
+    ("mqtt", "key_file"),
+    ("mqtt", "password_file"),
+)
+
+
+def _deeper(cfg: Config, skip: set[str | None]) -> Iterator[tuple[str, str | None, str]]:
+    """(section, key, message) for what the parts that use the settings refuse.
+    Sections that already have a problem are left out (one cause, one report)."""
+    # Imported here: these parts import this module, and most commands never check.
+    from agent import uplink  # noqa: PLC0415
+    from drivers.usb_storage import MatchRule  # noqa: PLC0415
+
+    def tidy(
+        section: str, error: Exception, default: str | None = None
+    ) -> tuple[str, str | None, str]:
+        """The key a message is about (the longest key it names, else ``default``)."""
+        text = str(error).removeprefix(f"{cfg.source}: ").removeprefix(f"[{section}] ")
+        key = next(
+            (
+                k
+                for k in sorted(SCHEMA[section], key=len, reverse=True)
+                if re.search(rf"\b{k}\b", text)
+            ),
+            default,
+        )
+        if key is not None:
+            text = text.removeprefix(f"{key}: ").removeprefix(f"{key} ")
+        return section, key, text
+
+    if "usb" not in skip:
+        for i, rule in enumerate(cfg.get("usb", "rules")):
+            try:
+                MatchRule.from_mapping(rule, where=f"rule {i + 1}")
+            except ConfigError as e:
+                yield "usb", "rules", str(e)
+    if not skip & {"upload", "offload"}:
+        try:
+            uplink.upload_settings(cfg)
+        except ConfigError as e:
+            yield tidy("upload", e)
+    if not skip & {"receiver", "upload"}:
+        try:
+            uplink.receiver_settings(cfg)
+        except ConfigError as e:
+            yield tidy("receiver", e, default="stations")
+    for section, key in FILE_KEYS:
+        name = cfg.get(section, key)
+        if section in skip or not name:
+            continue
+        where = Path(name)
+        if not where.is_absolute():
+            yield section, key, f"{name}: give an absolute path"
+        elif key == "password_file":
+            try:
+                read_secret(where, f"[{section}] {key}")
+            except ConfigError as e:
+                yield section, key, str(e).removeprefix(f"[{section}] {key}: ")
+        elif not where.is_file():
+            yield section, key, f"{name}: no such file"
 
 
 def read_secret(path: Path, what: str) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from agent import sdnotify
 from agent.offload import OffloadPolicy, OffloadSession, SessionStatus
 from drivers.base import DeviceInfo, Driver, RecorderIdentity
 from hashing._fsutil import write_atomic
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 STATUS_EVERY_S = 1.0
 KEEP_FINISHED_S = 600  # a finished tile stays visible until its recorder leaves, at most this long
+# An offload session that shows no sign of life for this long is hung, and the
+# daemon stops petting the systemd watchdog (see Daemon.hung). Signs of life: a
+# status change (each file, each state) and each look at its stop event, which
+# the copy takes once per buffer. The quiet stretches of a healthy session are
+# shorter: a probe is killed after 120 s, a busy ledger is waited for 60 s.
+STALL_S = 300.0
 
 
 class Watcher(Protocol):
@@ -46,6 +53,14 @@ class Uplink(Protocol):
     def stop(self, timeout_s: float = 10.0) -> None: ...
     def wake(self) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Liveness(Protocol):
+    """An uplink that can say whether its worker is alive and making progress; the
+    watchdog is petted only while it is (an uplink without ``alive`` is not asked)."""
+
+    def alive(self) -> bool: ...
 
 
 class IdentitySource(Protocol):
@@ -67,6 +82,20 @@ class Preparer(Protocol):
 
 EventSink = Callable[[str, DeviceInfo], None]
 WatcherFactory = Callable[[EventSink], Watcher]
+
+
+class _Pulse(threading.Event):
+    """A session's stop event that also records when it was last asked: the copy
+    asks once per buffer, so a long copy is alive while it reads, and a read that
+    blocks for good stops the asking (Daemon.hung)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = time.monotonic()
+
+    def is_set(self) -> bool:
+        self.asked = time.monotonic()
+        return super().is_set()
 
 
 @dataclass
@@ -91,6 +120,7 @@ class Daemon:
         preparers: Sequence[Preparer] = (),
         identities: Sequence[IdentitySource] = (),
         uplink: Uplink | None = None,
+        stall_s: float = STALL_S,
     ) -> None:
         self.station = station
         self.uplink = uplink
@@ -108,6 +138,12 @@ class Daemon:
         self.status_path = station.home / STATUS_FILE
         self.heartbeat = time.monotonic()
         self._receipts = threading.Event()
+        # systemd: readiness, status and watchdog (sdnotify; Daemon.hung)
+        self.stall_s = stall_s
+        self._beats: dict[str, float] = {}  # slot -> last sign of life, once running
+        self._watchdog_s = sdnotify.watchdog_interval()
+        self._sd_status = ""
+        self._stalled: str | None = None
 
     # -- events --------------------------------------------------------------
 
@@ -144,7 +180,8 @@ class Daemon:
             slot = self._slots.get(device.sys_path)
             if slot is not None and slot.thread.is_alive():
                 return
-            stop = threading.Event()
+            stop = _Pulse()
+            self._beats.pop(device.sys_path, None)  # not running until it has a session slot
             known = next(
                 (i for i in (src.take(device.serial) for src in self.identities) if i is not None),
                 None,
@@ -177,6 +214,7 @@ class Daemon:
 
     def _run(self, session: OffloadSession) -> None:
         with self._capacity:
+            self._beats[session.device.sys_path] = time.monotonic()
             try:
                 summary = session.run()
                 log.info(
@@ -224,6 +262,7 @@ class Daemon:
 
     def _changed(self, status: SessionStatus) -> None:
         self.heartbeat = time.monotonic()
+        self._beats[status.slot] = self.heartbeat
 
     # -- status --------------------------------------------------------------
 
@@ -254,6 +293,70 @@ class Daemon:
     def write_status(self) -> None:
         write_atomic(self.status_path, json.dumps(self.snapshot(), ensure_ascii=False).encode())
 
+    # -- systemd watchdog ----------------------------------------------------
+
+    def hung(self) -> str | None:
+        """Why the daemon is stuck, or None while its loops are alive.
+
+        Stuck: an offload session running (it has its session slot, so not one
+        waiting for a free slot) with no sign of life for ``stall_s`` (a status
+        change, or a look at its stop event), or an uplink that says its worker
+        is not alive. The serve loop itself is covered by being the one that
+        pets: if it hangs, nothing pets.
+        """
+        now = time.monotonic()
+        with self._lock:
+            slots = list(self._slots.items())
+        for key, slot in slots:
+            beat = self._beats.get(key)
+            if beat is None or not slot.thread.is_alive():
+                continue
+            asked = slot.stop.asked if isinstance(slot.stop, _Pulse) else 0.0
+            quiet = now - max(beat, asked)
+            if quiet > self.stall_s:
+                status = slot.session.status
+                return (
+                    f"offload of {status.serial or key} ({status.state}) "
+                    f"has shown no progress for {quiet:.0f} s"
+                )
+        uplink: object = self.uplink  # Liveness is optional: not part of Uplink
+        if isinstance(uplink, Liveness) and not uplink.alive():
+            return "the upload worker is not alive"
+        return None
+
+    def _describe(self) -> str:
+        with self._lock:
+            slots = list(self._slots.values())
+        docked = sum(1 for s in slots if s.present)
+        busy = sum(1 for s in slots if s.thread.is_alive())
+        return f"{docked} recorder(s) docked, {busy} offloading"
+
+    def _pet_watchdog(self) -> None:
+        """WATCHDOG=1 (when systemd asked for a watchdog) and STATUS= changes, unless
+        hung(): then systemd restarts the daemon after WatchdogSec."""
+        try:
+            problem = self.hung()
+        except Exception:  # a fault in the check itself: better restarted than blind
+            log.exception("the watchdog check failed")
+            problem = "the watchdog check failed (see the log)"
+        if problem is not None:
+            if self._stalled is None:
+                log.error("%s; no longer petting the systemd watchdog", problem)
+                sdnotify.notify(f"STATUS=stalled: {problem}")
+            self._stalled = problem
+            return
+        if self._stalled is not None:
+            log.warning("progress again after: %s", self._stalled)
+            self._stalled = None
+            self._sd_status = ""
+        messages = ["WATCHDOG=1"] if self._watchdog_s is not None else []
+        status = self._describe()
+        if status != self._sd_status:
+            self._sd_status = status
+            messages.append(f"STATUS={status}")
+        if messages:
+            sdnotify.notify("\n".join(messages))
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
@@ -273,6 +376,8 @@ class Daemon:
             watcher.start()
             self.watchers.append(watcher)
         self.write_status()
+        self._sd_status = self._describe()
+        sdnotify.notify(f"READY=1\nSTATUS={self._sd_status}")
 
     def serve(self, until: threading.Event | None = None) -> None:
         """Run until ``until`` (or self.stopping) is set; then stop cleanly."""
@@ -290,9 +395,11 @@ class Daemon:
                         self.uplink.wake()
             except Exception:  # the loop must outlive a full disk or a busy database
                 log.exception("status or checkpoint failed; retrying")
+            self._pet_watchdog()
         self.stop()
 
     def stop(self, timeout_s: float = 60.0) -> None:
+        sdnotify.notify("STOPPING=1\nSTATUS=stopping: ending sessions, signing a checkpoint")
         self.stopping.set()
         for watcher in self.watchers:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import uplink
 from agent.config import Config, read_secret
@@ -17,6 +18,9 @@ from agent.offload import OffloadPolicy
 from drivers.base import Driver
 from hashing.errors import ConfigError
 from hashing.station import Station
+
+if TYPE_CHECKING:
+    from agent.kiosk.server import KioskServer
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +127,36 @@ def build_daemon(station: Station, cfg: Config) -> Daemon:
     )
     uploader.on_receipt = daemon.notify_receipt
     return daemon
+
+
+def start_kiosk(station: Station, cfg: Config, daemon: Daemon) -> KioskServer | None:
+    """Serve the kiosk ([kiosk] address and port) showing ``daemon``'s snapshot; None
+    if it cannot start: the dock goes on offloading without its screen (logged)."""
+    from agent.kiosk.app import KioskSettings, create_app  # noqa: PLC0415 - the web stack
+    from agent.kiosk.server import KioskServer  # noqa: PLC0415
+    from agent.users import UserPolicy, Users  # noqa: PLC0415
+
+    k = cfg.values["kiosk"]
+    try:
+        users = Users(station, UserPolicy.from_config(k))
+    except Exception:  # error boundary: no screen is better than no dock
+        log.exception("kiosk not started: the user store cannot be opened")
+        return None
+    settings = KioskSettings(
+        language=k["language"],
+        utc_offset_minutes=int(cfg.get("offload", "utc_offset_minutes")),
+        hosts=("127.0.0.1", "localhost", "::1", k["address"]),
+    )
+    try:
+        app = create_app(station, daemon.snapshot, users, settings)
+        server = KioskServer(app, k["address"], k["port"], closers=[users.close])
+        server.start()
+    except ConfigError as e:  # the port is taken, the address is not this machine's
+        log.error("%s; the dock runs without its screen", e)
+        users.close()
+        return None
+    except Exception:
+        log.exception("kiosk not started")
+        users.close()
+        return None
+    return server

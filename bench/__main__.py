@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import digester, ingest, ledger, memory, offload, upload
+from bench import digester, ingest, kiosk, ledger, memory, offload, upload
 from bench._report import GIB, MIB, Row, Section, error_row, table
 from bench._system import load_average, machine_lines
 
@@ -44,6 +44,9 @@ class Scale:
     upload_rss_queued: int
     upload_rss_seconds: int
     upload_rounds: int
+    kiosk_recordings: int
+    kiosk_requests: int
+    kiosk_cpu_seconds: float
 
 
 FULL = Scale(
@@ -70,6 +73,9 @@ FULL = Scale(
     upload_rss_queued=20 * GIB,
     upload_rss_seconds=15,
     upload_rounds=3,
+    kiosk_recordings=10_000,
+    kiosk_requests=300,
+    kiosk_cpu_seconds=20.0,
 )
 QUICK = Scale(
     ingest_total=64 * MIB,
@@ -95,6 +101,9 @@ QUICK = Scale(
     upload_rss_queued=2 * GIB,
     upload_rss_seconds=4,
     upload_rounds=1,
+    kiosk_recordings=2_000,
+    kiosk_requests=60,
+    kiosk_cpu_seconds=4.0,
 )
 
 
@@ -132,6 +141,12 @@ BENCHMARKS: dict[str, Callable[[Path, Scale], Section]] = {
         rounds=s.upload_rounds,
         rss_queued=s.upload_rss_queued,
         rss_seconds=s.upload_rss_seconds,
+    ),
+    "kiosk": lambda out, s: kiosk.run(
+        out,
+        recordings=s.kiosk_recordings,
+        requests=s.kiosk_requests,
+        cpu_seconds=s.kiosk_cpu_seconds,
     ),
 }
 

@@ -39,14 +39,16 @@ from bench._system import child_peak_mb, random_file
 from hashing.digest import digest_file
 from hashing.note import NoteVerifier
 from hashing.station import Station
+from uploader import link, protocol
 from uploader.link import MqttSettings
-from uploader.receiver import Receiver, ReceiverSettings, serve
+from uploader.receiver import CHECKPOINT_FILTER, Receiver, ReceiverSettings, serve
 from uploader.sender import Uploader, UploadSettings
 
 STATION = "bench-up"
 TARGET_RATIO = 0.5  # issue 4 §5: at least half the bare paho publish
 FLAT_MB = 8.0  # 20x the queue may cost at most this much more peak RSS
 MESSAGE = MIB
+RECEIVER_ID = "evidock-receiver"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -123,6 +125,7 @@ class _Rig:
         client.loop_stop()
         home = self.scratch / "platform"
         shutil.rmtree(home, ignore_errors=True)
+        self._reset_receiver_session(subscribed=True)
         self.receiver = _child(
             "receiver",
             str(home),
@@ -139,6 +142,47 @@ class _Rig:
             self.receiver.send_signal(signal.SIGTERM)
             self.receiver.wait(30)
             self.receiver = None
+            self._reset_receiver_session(subscribed=False)
+
+    def _reset_receiver_session(self, *, subscribed: bool) -> None:
+        """Replace the receiver's broker session by an empty one, or by none.
+
+        The receiver's session is persistent and subscribed to ``$file-async/+/#``,
+        the very filter the bare baseline publishes on (the ACL confines the
+        station to it), so while a receiver was stopped the broker queued the
+        baseline's whole file for it, and the next receiver had to take that
+        gigabyte alongside the upload it was being timed on. So the session goes
+        when a receiver stops, and a fresh receiver home starts with a fresh
+        session that already holds its subscriptions (as one that has run before
+        does, so the dock's first command never finds nobody subscribed).
+        """
+        import paho.mqtt.client as mqtt  # noqa: PLC0415
+        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+        from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
+        from paho.mqtt.properties import Properties  # noqa: PLC0415
+
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=RECEIVER_ID,
+            protocol=mqtt.MQTTv5,
+        )
+        client.username_pw_set("platform", self.passwords["platform"])
+        client.tls_set(ca_certs=self.broker.ca_file)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = link.SESSION_EXPIRY_S if subscribed else 0
+        subscribed_now = threading.Event()
+        client.on_subscribe = lambda *_: subscribed_now.set()
+        client.connect(self.broker.host, self.broker.tls_port, clean_start=True, properties=props)
+        client.loop_start()
+        try:
+            if subscribed:
+                filters = [protocol.command_filter(protocol.DEFAULT_PREFIX), CHECKPOINT_FILTER]
+                client.subscribe([(f, 1) for f in filters])
+                if not subscribed_now.wait(10):
+                    raise RuntimeError("the broker did not take the receiver's subscriptions")
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def close(self) -> None:
         self.stop_receiver()
@@ -300,7 +344,7 @@ def _receiver_child(home: str, port: str, ca: str, password: str, station_key: s
     settings = MqttSettings(
         host="127.0.0.1",
         port=int(port),
-        client_id="evidock-receiver",
+        client_id=RECEIVER_ID,
         username="platform",
         password=password,
         tls=True,

@@ -1,7 +1,9 @@
 """The content-addressed store: ``store/ab/cd/<sha256>`` (design.md step 4).
 
 Files enter only by ``adopt``: a fully written, fsynced and re-read staging
-file is renamed into place and the folders fsynced. Stored files are 0400; the
+file is renamed into place and the folders fsynced; or by ``link``, the same
+for a file that keeps its other name until its owner drops it (the platform
+receiver's spool). Stored files are 0400; the
 store has no delete operation (retention purges, a later part, are ledger
 entries first). Adopting a digest that is already stored keeps the stored copy
 and discards the new one, so re-docking never duplicates a recording.
@@ -81,6 +83,32 @@ class Store:
         os.rename(staged, target)
         fsync_dir(target.parent)
         fsync_dir(self.staging)
+        return target
+
+    def link(self, source: Path, sha256_hex: str, size: int) -> Path:
+        """Hard-link a verified file into the store; returns the stored path.
+
+        ``adopt`` without giving up ``source``: until its owner has recorded the
+        file as stored, a crash leaves ``source`` where it was, so the work that
+        produced it need not be done again; the owner removes ``source`` after.
+        ``source`` (the same inode) becomes 0400 too. Raises DigestMismatchError
+        as ``adopt`` does, and OSError from a filesystem without hard links.
+        """
+        target = self.path_for(sha256_hex)
+        if target.exists():
+            if target.stat().st_size != size:
+                raise DigestMismatchError(
+                    f"{target} has {target.stat().st_size} bytes but its name says {size}: "
+                    "the store was altered; run `evidock ledger verify`"
+                )
+            return target
+        for folder in (target.parent.parent, target.parent):
+            if not folder.is_dir():
+                make_private_dir(folder)
+                fsync_dir(folder.parent)
+        os.chmod(source, STORED_MODE)
+        os.link(source, target)
+        fsync_dir(target.parent)
         return target
 
     def stored(self) -> list[str]:

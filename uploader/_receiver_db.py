@@ -157,6 +157,7 @@ class ReceiverDB:
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
         self._lock = threading.RLock()
+        self._grouped = False  # inside group(): tx() is a savepoint
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -174,15 +175,64 @@ class ReceiverDB:
 
     @contextmanager
     def tx(self) -> Iterator[None]:
-        """A write transaction; returns after COMMIT (WAL fsynced), rolls back on any error."""
+        """A write transaction; returns after COMMIT (WAL fsynced), rolls back on any error.
+
+        Inside ``group`` it is a SAVEPOINT instead: its changes are undone alone
+        on an error, and kept otherwise, to be made durable by the group's
+        COMMIT, or not at all.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not self._grouped:
+                with self._transaction():
+                    yield
+                return
+            self._conn.execute("SAVEPOINT part")
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # some errors roll back the whole transaction
+                    self._conn.execute("ROLLBACK TO part")
+                    self._conn.execute("RELEASE part")
                 raise
+            self._conn.execute("RELEASE part")
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction around several ``tx`` (the receiver's group commit).
+
+        Returns after its COMMIT; rolls back on any error. Only the group's
+        COMMIT makes what its ``tx`` did durable, so the caller must not
+        answer for any of it before the group returns.
+        """
+        with self._lock:
+            if self._grouped:
+                raise RuntimeError("receiver.db: groups do not nest")
+            self._grouped = True
+            try:
+                with self._transaction():
+                    yield
+            finally:
+                self._grouped = False
+
+    @property
+    def in_group(self) -> bool:
+        return self._grouped
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")  # raises if one were left open: never nested
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        try:
             self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # a failed COMMIT may leave it open
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._lock:

@@ -3,8 +3,9 @@
 It speaks the dock's side of ``uploader.protocol`` (EMQX file transfer over
 MQTT, EIP-0021, asynchronous variant) behind a broker that does not implement
 file transfer itself (mosquitto): it subscribes to every configured station's
-commands, stores segments durably, and at ``fin`` assembles the file,
-re-hashes what it stored, and checks it against the file id, the ``init``
+commands, writes each segment at its offset of the transfer's spool file and
+records it durably, and at ``fin`` reads the whole file back from the disk,
+hashes it, and checks it against the file id, the ``init``
 checksum, the station's signed ``ingest`` entry and its inclusion proof
 (RFC 9162 §2.1.3.2) under a checkpoint signed by a key pinned for that
 station. The file then enters a content-addressed store and a receipt signed
@@ -18,7 +19,9 @@ recorded in the ``refusals`` table: a dock cannot rewrite its history unseen.
 
 ``Receiver.handle`` is the core: one message in, the messages to publish out,
 with disk and SQLite but no network, so every hostile case is tested without
-a broker. ``serve`` is the network shell around it.
+a broker; ``Receiver.handle_batch`` is the same for the messages waiting at
+once, made durable together (group commit). ``serve`` is the network shell
+around it.
 
 Reason codes (EIP-0021 "PUBACK Reason codes", carried in the result JSON):
 
@@ -46,7 +49,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,7 +73,7 @@ from hashing.note import NoteSigner, NoteVerifier
 from hashing.store import Store
 from uploader import link, protocol
 from uploader._receiver_db import ReceiverDB, Refusal, Segment, StoredFile, Transfer
-from uploader._spool import Spool, new_token, rehash
+from uploader._spool import Spool, new_token
 from uploader.link import LinkState, MqttSettings
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,17 @@ class ReceiverSettings:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One message as the broker delivered it: what ``handle_batch`` takes."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+    packet_id: int = 0
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """A message to publish (QoS 1)."""
 
@@ -176,12 +190,13 @@ def _load_signer(folder: Path, name: str) -> NoteSigner:
 
 
 class Receiver:
-    """The receiver's state folder and the handling of one message at a time.
+    """The receiver's state folder and the handling of messages, in order.
 
     ``home`` holds ``receiver.db`` (SQLite, WAL, synchronous=FULL),
-    ``keys/receipt.key``, ``spool/`` (segments of open transfers), ``store/``
-    (content-addressed files, 0400) and ``staging/``; all 0700, nothing
-    world-readable. Opening it finishes what a crash interrupted (see
+    ``keys/receipt.key``, ``spool/`` (one sparse data file per open transfer,
+    see ``uploader._spool``), ``store/`` (content-addressed files, 0400) and
+    ``staging/`` (the store's, for partial copies; cleaned on open); all 0700,
+    nothing world-readable. Opening it finishes what a crash interrupted (see
     ``_recover``). Thread-safe: calls are serialised by one lock.
     """
 
@@ -258,12 +273,15 @@ class Receiver:
     def _recover(self) -> None:
         """Reconcile the spool and the database after a crash or power cut.
 
-        Segment files are renamed into place before their row commits, so a
-        file without a row was never acknowledged: it is removed (the station
-        resends it). A row whose file is gone or has the wrong length is
-        dropped, so ``fin`` asks for those bytes again. A transfer whose file
-        is already stored is finished. Partial assemblies in ``staging/`` are
-        removed (``Store.clean_stale_staging``).
+        A segment row commits only after its bytes were fdatasynced into the
+        transfer's data file, so every committed row's range is on the disk;
+        bytes written without a row were never acknowledged and are not
+        trusted (the station resends them, and they are written over). A row
+        whose range the data file does not reach (the file lost or cut short
+        behind the receiver's back) is dropped, so ``fin`` asks for those
+        bytes again; anything else in a transfer's folder is removed. A
+        transfer whose file is already stored is finished. Partial copies in
+        ``staging/`` are removed (``Store.clean_stale_staging``).
         """
         for part in self._store.clean_stale_staging():
             log.warning("removed a partial assembly left by a stopped receiver: %s", part.name)
@@ -280,20 +298,22 @@ class Receiver:
             removed, broken = self._spool.sweep(t.spool, keep)
             if removed:
                 log.warning(
-                    "station %s, %s: removed %d spool file(s) no segment row records",
+                    "station %s, %s: removed %d file(s) from the spool that are not its data file",
                     t.station,
                     t.file_id,
                     len(removed),
                 )
-            for start in broken:
+            if broken:
                 with self._db.tx():
-                    self._db.drop_segment(t.station, t.file_id, start)
+                    for start in broken:
+                        self._db.drop_segment(t.station, t.file_id, start)
                 log.warning(
-                    "station %s, %s: segment at %d is missing or damaged in the spool; "
-                    "it will be asked for again",
+                    "station %s, %s: %d segment(s) from %d on are missing from the spool; "
+                    "they will be asked for again",
                     t.station,
                     t.file_id,
-                    start,
+                    len(broken),
+                    min(broken),
                 )
         for token in self._spool.tokens():
             if token not in live:
@@ -320,33 +340,83 @@ class Receiver:
         station's own results topic (or only a log line when the sender is no
         configured station), and an unexpected failure becomes reason code
         0x80 "internal error", so one bad message never stops the service.
+        Whatever it answers OK is durable when it returns.
+        """
+        message = Message(topic, payload, response_topic, correlation, packet_id)
+        return self.handle_batch([message])[0]
+
+    def handle_batch(self, messages: Sequence[Message]) -> list[list[Outgoing]]:
+        """Process messages in order; return what to publish for each (as ``handle``).
+
+        Group commit: each run of consecutive segments is handled in one SQLite
+        transaction, each segment in a savepoint of its own, so a refused or
+        failed segment undoes only itself and a later segment sees the rows of
+        the earlier ones, exactly as one at a time. Then one fdatasync per data
+        file written, and one COMMIT, make the whole run durable: one round of
+        disk flushes for the run rather than several for each segment. Every
+        other command is handled alone once the run before it is committed,
+        since what it does outside SQLite (the store, the spool) must follow
+        its own commit. Nothing is returned before all of it is durable, and
+        the caller answers only after it returns, so an OK still means stored.
+        If a run's fdatasync or COMMIT fails, none of it was recorded and each
+        of its messages is answered 0x80 "internal error" (the station resends).
+        Never raises (see ``handle``).
         """
         with self._lock:
-            try:
-                return self._handle(topic, payload, response_topic, correlation, packet_id)
-            except Exception:
-                log.exception("internal error handling a message on %r", topic[:300])
-                station = self._command_station(topic)
-                if station is None:
-                    return []
-                return [
-                    self._result(
-                        station,
-                        topic,
-                        packet_id,
-                        correlation,
-                        _Done(protocol.RC_RETRY, "internal error"),
-                    )
-                ]
+            answers: list[list[Outgoing]] = []
+            run: list[Message] = []
+            for m in messages:
+                if self._is_segment(m.topic):
+                    run.append(m)
+                    continue
+                answers.extend(self._handle_run(run))
+                run = []
+                answers.append(self._handle_one(m))
+            answers.extend(self._handle_run(run))
+            return answers
 
-    def _handle(
-        self,
-        topic: str,
-        payload: bytes,
-        response_topic: str | None,
-        correlation: bytes | None,
-        packet_id: int,
-    ) -> list[Outgoing]:
+    def _handle_run(self, run: list[Message]) -> list[list[Outgoing]]:
+        """Segments in one transaction; their bytes synced before it commits."""
+        if not run:
+            return []
+        try:
+            with self._db.group():
+                answers = [self._handle_one(m, grouped=True) for m in run]
+                self._spool.sync()  # the bytes reach the disk before the rows vouching for them
+        except Exception:
+            log.exception("could not make %d segment(s) durable; none was recorded", len(run))
+            return [self._internal_error(m) for m in run]
+        return answers
+
+    def _handle_one(self, m: Message, *, grouped: bool = False) -> list[Outgoing]:
+        try:
+            if grouped:
+                with self._db.tx():  # a savepoint: an unexpected failure undoes this one alone
+                    return self._handle(m)
+            return self._handle(m)
+        except Exception:
+            log.exception("internal error handling a message on %r", m.topic[:300])
+            return self._internal_error(m)
+
+    def _internal_error(self, m: Message) -> list[Outgoing]:
+        station = self._command_station(m.topic)
+        if station is None:
+            return []
+        done = _Done(protocol.RC_RETRY, "internal error")
+        return [self._result(station, m.topic, m.packet_id, m.correlation, done)]
+
+    def _is_segment(self, topic: str) -> bool:
+        """Whether ``topic`` is a configured station's segment command (group-committed)."""
+        if self._checkpoint_station(topic) is not None or self._command_station(topic) is None:
+            return False
+        try:
+            return protocol.parse_command(topic, self.settings.prefix_template).kind == "segment"
+        except InputError:
+            return False
+
+    def _handle(self, m: Message) -> list[Outgoing]:
+        topic, payload, response_topic = m.topic, m.payload, m.response_topic
+        correlation, packet_id = m.correlation, m.packet_id
         checkpoint_station = self._checkpoint_station(topic)
         if checkpoint_station is not None:
             self._on_checkpoint(checkpoint_station, payload)
@@ -716,14 +786,15 @@ class Receiver:
                 )
         if self._db.spool_bytes(station) + n > self.settings.max_spool_bytes_per_station:
             raise _Answer(protocol.RC_QUOTA, "this station's spool is full; pause")
+        if not self._db.in_group:
+            raise RuntimeError("a segment is recorded only in a group commit (handle_batch)")
+        # Every check passed, and no row records any of [start, end): only now are
+        # bytes written, so acknowledged bytes are never overwritten. The row counts
+        # only once the run commits, after the data file's fdatasync (_handle_run).
         self._spool.write(t.spool, start, data)
-        try:
-            with self._db.tx():
-                self._db.add_segment(station, file_id, Segment(start, n, sha))
-                self._db.touch(station, file_id, now)
-        except BaseException:
-            self._spool.discard(t.spool, start)
-            raise
+        with self._db.tx():
+            self._db.add_segment(station, file_id, Segment(start, n, sha))
+            self._db.touch(station, file_id, now)
         return _Done(protocol.RC_SUCCESS, "stored")
 
     # -- fin and abort ---------------------------------------------------------------
@@ -758,36 +829,37 @@ class Receiver:
                 else ""
             )
             raise _Answer(protocol.RC_RETRY, f"missing bytes {shown}{more}; send those segments")
-        staged = self._store.new_staging_path()
-        try:
-            try:
-                digest = self._spool.assemble(
-                    t.spool, [(s.start, s.length) for s in segments], staged
-                )
-                got = t.size
-                if digest == file_id:
-                    digest, got = rehash(staged)  # what was stored, read back from the disk
-            except IntegrityError as e:
-                log.error("station %s, %s: %s", station, file_id, e)
-                digest, got = "the damaged spool", -1
-            if digest != file_id or got != t.size:
-                staged.unlink(missing_ok=True)
+        # The segments were written in place: the data file is the assembled file.
+        # (Created here only for an empty file, which no segment wrote; or if the
+        # spool lost it, when it hashes wrong and everything is asked for again.)
+        data = self._spool.create(t.spool)
+        digest, got = self._spool.digest(t.spool)  # the one pass: read back from the disk
+        if digest != file_id or got != t.size:
+            if got != t.size:
                 log.error(
-                    "station %s: the %d segments of %s assemble to %s; all dropped, asking for them again",
+                    "station %s, %s: the spool holds %d bytes, not %d: the spool was altered",
                     station,
-                    len(segments),
                     file_id,
-                    digest,
+                    got,
+                    t.size,
                 )
-                self._drop_segments(t)
-                return _Done(
-                    protocol.RC_RETRY,
-                    "the assembled bytes do not hash to the file id; every segment was dropped, "
-                    "send them all again",
-                )
-            self._store.adopt(staged, file_id, t.size)
-        finally:
-            staged.unlink(missing_ok=True)
+            log.error(
+                "station %s: the %d segments of %s assemble to %s; all dropped, asking for them again",
+                station,
+                len(segments),
+                file_id,
+                digest,
+            )
+            self._drop_segments(t)
+            return _Done(
+                protocol.RC_RETRY,
+                "the assembled bytes do not hash to the file id; every segment was dropped, "
+                "send them all again",
+            )
+        # A hard link, not a copy or a rename: until the commit below, the spool
+        # keeps its name for the file, so a crash in between leaves a transfer
+        # that a fin sent again finishes without asking for any byte again.
+        self._store.link(data, file_id, t.size)
         held = self._db.held(station)
         stored = StoredFile(
             station=station,
@@ -854,6 +926,8 @@ def _missing(segments: list[Segment], size: int) -> list[tuple[int, int]]:
 # -- the network shell ------------------------------------------------------------
 
 INBOX_MESSAGES = 32  # a broker's in-flight window (mosquitto 20, EMQX 32 by default)
+BATCH_MESSAGES = 16  # handled and made durable together (group commit) at most
+BATCH_BYTES = 32 << 20  # a batch takes no more messages once its payloads reach this
 EXPIRE_EVERY_S = 60.0
 OUTGOING_QUEUE = 1000
 CHECKPOINT_FILTER = "/".join([*_DOCK_LEVELS[:-1], "+", CHECKPOINT_LEAF])
@@ -861,10 +935,7 @@ CHECKPOINT_FILTER = "/".join([*_DOCK_LEVELS[:-1], "+", CHECKPOINT_LEAF])
 
 @dataclass(frozen=True)
 class _Inbound:
-    topic: str
-    payload: bytes
-    response_topic: str | None
-    correlation: bytes | None
+    message: Message
     mid: int
     qos: int
     generation: int
@@ -882,14 +953,20 @@ def serve(receiver: Receiver, mqtt_settings: MqttSettings, until: threading.Even
     """Run the receiver on a broker until ``until`` is set.
 
     paho's network thread only parses messages into a bounded queue; this
-    thread handles them one at a time, in order, publishes what ``handle``
-    returns (QoS 1), and only then acknowledges the command (manual PUBACK).
-    So disk and fsync latency never stall the network thread, and a message
-    the receiver had not finished when it stopped or crashed is delivered
-    again by the broker (persistent session), which ``handle`` takes
-    idempotently. With acks withheld until handled, the broker's in-flight
-    window bounds the queue; if it were ever full, ``on_message`` blocks,
-    which is back-pressure on the broker, not unbounded memory.
+    thread takes every message already waiting there (up to
+    ``BATCH_MESSAGES`` and ``BATCH_BYTES``), hands them in order to
+    ``handle_batch``, which makes them durable together (group commit: one
+    round of fsyncs for the batch, not one per message), publishes what it
+    returns (QoS 1), and only then acknowledges each command (manual
+    PUBACK). While a batch is on its way to the disk the next one gathers,
+    so the busier the link, the fewer flushes per byte; a lone message is
+    handled at once, never held back to wait for company. Disk and fsync
+    latency never stall the network thread, and a message the receiver had
+    not finished when it stopped or crashed is delivered again by the broker
+    (persistent session), which ``handle_batch`` takes idempotently. With
+    acks withheld until handled, the broker's in-flight window bounds the
+    queue; if it were ever full, ``on_message`` blocks, which is
+    back-pressure on the broker, not unbounded memory.
 
     The subscriptions are made again on every connection, present session
     or not: a broker that lost its sessions (restarted without persistence,
@@ -915,15 +992,14 @@ def serve(receiver: Receiver, mqtt_settings: MqttSettings, until: threading.Even
                 client.ack(msg.mid, msg.qos)
                 return
             props = msg.properties
-            item = _Inbound(
+            message = Message(
                 topic,
                 bytes(msg.payload),
                 getattr(props, "ResponseTopic", None),
                 getattr(props, "CorrelationData", None),
                 msg.mid,
-                msg.qos,
-                conn.generation,
             )
+            item = _Inbound(message, msg.mid, msg.qos, conn.generation)
             while not until.is_set():
                 try:
                     inbox.put(item, timeout=0.5)
@@ -951,7 +1027,7 @@ def serve(receiver: Receiver, mqtt_settings: MqttSettings, until: threading.Even
             except queue.Empty:
                 pass
             else:
-                _process(client, receiver, item, conn)
+                _process(client, receiver, _gather(inbox, item), conn)
             if time.monotonic() >= next_expire:
                 next_expire = time.monotonic() + EXPIRE_EVERY_S
                 try:
@@ -963,27 +1039,42 @@ def serve(receiver: Receiver, mqtt_settings: MqttSettings, until: threading.Even
         log.info("stopped receiving on %s", mqtt_settings.describe())
 
 
-def _process(client: mqtt.Client, receiver: Receiver, item: _Inbound, conn: _Connection) -> None:
-    """Handle one message, publish what it gives, then acknowledge it (manual PUBACK).
+def _gather(inbox: queue.Queue[_Inbound], first: _Inbound) -> list[_Inbound]:
+    """``first`` and whatever else is already waiting, within the batch bounds."""
+    batch = [first]
+    size = len(first.message.payload)
+    while len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            break
+        batch.append(item)
+        size += len(item.message.payload)
+    return batch
+
+
+def _process(
+    client: mqtt.Client, receiver: Receiver, batch: list[_Inbound], conn: _Connection
+) -> None:
+    """Handle a batch, then publish what each message gives and acknowledge it (manual PUBACK).
 
     A message that arrived on an earlier connection is not acknowledged on
     this one: the broker delivers it again on resuming the session, and it is
     handled again (idempotently) and acknowledged then.
     """
     try:
-        out = receiver.handle(
-            item.topic,
-            item.payload,
-            response_topic=item.response_topic,
-            correlation=item.correlation,
-            packet_id=item.mid,
-        )
-        for o in out:
-            _publish(client, o)
-        if item.qos > 0 and item.generation == conn.generation:
-            client.ack(item.mid, item.qos)
+        answers = receiver.handle_batch([item.message for item in batch])
     except Exception:
-        log.exception("could not answer a message on %r", item.topic[:300])
+        log.exception("could not handle %d message(s)", len(batch))
+        return
+    for item, out in zip(batch, answers, strict=True):
+        try:
+            for o in out:
+                _publish(client, o)
+            if item.qos > 0 and item.generation == conn.generation:
+                client.ack(item.mid, item.qos)
+        except Exception:
+            log.exception("could not answer a message on %r", item.message.topic[:300])
 
 
 def _publish(client: mqtt.Client, o: Outgoing) -> None:

@@ -31,6 +31,14 @@ Pitfalls this module is built around (design.md "Formats", the issue):
   unresulted at a time, and one reusable buffer is read into. paho holds a
   reference to a bytearray payload until its PUBACK, so what is published is
   an immutable copy.
+* Two windows, because two things take time. Segments the broker has not
+  acknowledged yet are still crossing the dock's link: at most
+  ``UNACKED_SEGMENTS`` of them, so on a slow link a segment queues behind no
+  more than that many. Segments acknowledged but without a result wait for
+  the receiver, which makes each batch durable before it answers: up to
+  ``window_segments`` in all keep it busy through that round trip. At the
+  PUBACK a result gets ``result_timeout_s`` afresh, so a slow link and a busy
+  receiver never add up to a timeout.
 * mosquitto drops oversized messages silently under MQTT 3.1.1: MQTT 5 only,
   and segments fit the broker's announced Maximum Packet Size.
 """
@@ -84,6 +92,7 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
 SYNC_EVERY_S = 1.0  # the ledger is looked at this often even without wake()
 FIN_RESENDS_PER_STEP = 4
+UNACKED_SEGMENTS = 8  # segments sent that the broker has not acknowledged (PUBACK) yet
 EVENT_QUEUE_MAX = 4096  # more events than this means a flood; dropped ones are only delays
 RATE_WINDOW_S = 5.0
 
@@ -98,7 +107,7 @@ class UploadSettings:
 
     prefix_template: str = protocol.DEFAULT_PREFIX
     segment_bytes: int = 1 << 20
-    window_segments: int = 8
+    window_segments: int = 32
     bandwidth: Bandwidth = NO_CAP
     platform_keys: tuple[NoteVerifier, ...] = ()
     segments_ttl_s: int = 86400
@@ -138,7 +147,7 @@ class UploadSettings:
         return cls(
             prefix_template=str(upload.get("topic_prefix", protocol.DEFAULT_PREFIX)),
             segment_bytes=int(upload.get("segment_bytes", 1 << 20)),
-            window_segments=int(upload.get("window_segments", 8)),
+            window_segments=int(upload.get("window_segments", 32)),
             bandwidth=bandwidth,
             platform_keys=tuple(keys),
             segments_ttl_s=int(upload.get("segments_ttl_s", 86400)),
@@ -484,6 +493,8 @@ class Uploader:
             return
         if code < 0x80 and (code != PUBACK_NO_SUBSCRIBERS or pending.kind == "checkpoint"):
             pending.acked = True
+            # The broker has it: from now on the wait is the receiver's (module docstring).
+            pending.deadline = time.monotonic() + self.settings.result_timeout_s
             self._ok()
             if pending.kind == "checkpoint":
                 # Retained: stored by the broker even with nobody subscribed.
@@ -949,6 +960,9 @@ class Uploader:
     def _segments_in_flight(self) -> int:
         return sum(1 for p in self._pending.values() if p.kind == "segment")
 
+    def _segments_unacked(self) -> int:
+        return sum(1 for p in self._pending.values() if p.kind == "segment" and not p.acked)
+
     def _next_range(self, current: _Current) -> tuple[int, int] | None:
         transfer = current.transfer
         while current.resend:
@@ -967,7 +981,10 @@ class Uploader:
 
     def _send_segments(self, current: _Current) -> float:
         transfer = current.transfer
-        while self._segments_in_flight() < self.settings.window_segments:
+        while (
+            self._segments_in_flight() < self.settings.window_segments
+            and self._segments_unacked() < UNACKED_SEGMENTS
+        ):
             if self._current is not current or self._pick() is not current:
                 return 0.0  # a higher class took over
             span = self._next_range(current)

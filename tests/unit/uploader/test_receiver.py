@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import queue
 import random
 import shutil
 import sqlite3
@@ -34,6 +35,7 @@ from hashing.errors import ConfigError
 from hashing.note import NoteSigner, NoteVerifier, parse_note, sign_note
 from hashing.station import Station
 from uploader import protocol
+from uploader import receiver as receiver_module
 from uploader.protocol import (
     RC_CANCEL,
     RC_QUOTA,
@@ -46,7 +48,7 @@ from uploader.protocol import (
     Result,
     Topics,
 )
-from uploader.receiver import Outgoing, Receiver, ReceiverSettings
+from uploader.receiver import Message, Outgoing, Receiver, ReceiverSettings
 
 SEG = 4096
 
@@ -924,30 +926,37 @@ def test_spool_is_reconciled_on_open(bed: Bed) -> None:
     dock = bed.dock
     entry = dock.add(DATA)
     assert code(send(bed.receiver, *dock.init(DATA, entry))) == RC_SUCCESS
-    for offset, length in segments_of(len(DATA))[:2]:
+    parts = segments_of(len(DATA))
+    for offset, length in (parts[0], parts[2]):
         assert code(send(bed.receiver, *dock.segment(DATA, offset, length))) == RC_SUCCESS
     bed.receiver.close()
     spool = bed.home / "spool"
     (folder,) = spool.iterdir()
-    # A segment renamed into place whose row never committed (crash), a temp file,
-    # a recorded segment whose file was lost, a folder and a file no transfer owns.
-    (folder / f"{2 * SEG:020d}.seg").write_bytes(b"never acknowledged")
+    # Bytes written whose row never committed (crash), a temp file and a segment file
+    # of an older spool layout, a recorded segment whose bytes were lost (the data
+    # file cut short), a folder and a file no transfer owns.
+    with (folder / "data").open("r+b") as f:
+        f.seek(SEG)
+        f.write(b"never acknowledged")
+        f.truncate(2 * SEG + 100)
     (folder / f".{3 * SEG:020d}.seg.abc.tmp").write_bytes(b"half")
-    (folder / f"{SEG:020d}.seg").unlink()
+    (folder / f"{3 * SEG:020d}.seg").write_bytes(DATA[3 * SEG :])
     (spool / ("0" * 32)).mkdir()
     (spool / "stray").write_bytes(b"?")
     (bed.home / "staging" / "999999999.dead.part").write_bytes(b"partial")
     receiver = Receiver(bed.settings)
     bed.receiver = receiver
     assert sorted(p.name for p in spool.iterdir()) == [folder.name]
-    assert sorted(p.name for p in folder.iterdir()) == [f"{0:020d}.seg"]
+    assert sorted(p.name for p in folder.iterdir()) == ["data"]
     assert not list((bed.home / "staging").iterdir())
     assert rows(bed.home, "SELECT start FROM segments") == [(0,)]
     r = result(send(receiver, dock.fin(DATA)))
     assert r.reason_code == RC_RETRY and f"[{SEG}, {len(DATA)})" in r.reason_description
-    for offset, length in segments_of(len(DATA))[1:]:
+    for offset, length in parts[1:]:
         assert code(send(receiver, *dock.segment(DATA, offset, length))) == RC_SUCCESS
     assert code(send(receiver, dock.fin(DATA))) == RC_SUCCESS
+    stored = receiver.stored(SHA)
+    assert stored is not None and stored.read_bytes() == DATA
 
 
 def test_crash_after_the_file_was_stored(bed: Bed) -> None:
@@ -982,6 +991,129 @@ def test_crash_after_the_file_was_stored(bed: Bed) -> None:
     assert rows(bed.home, "SELECT count(*) FROM transfers") == [(0,)]
     assert not list((bed.home / "spool").iterdir())
     assert receiver.stored(SHA) == target
+
+
+def test_crash_after_the_file_was_linked_into_the_store(bed: Bed) -> None:
+    """fin links the spool file into the store before it commits: a crash in between
+    leaves both names; fin again finishes without asking for any byte again."""
+    dock = bed.dock
+    entry = dock.add(DATA)
+    assert code(send(bed.receiver, *dock.init(DATA, entry))) == RC_SUCCESS
+    for offset, length in segments_of(len(DATA)):
+        assert code(send(bed.receiver, *dock.segment(DATA, offset, length))) == RC_SUCCESS
+    bed.receiver.close()
+    (folder,) = (bed.home / "spool").iterdir()
+    target = bed.home / "store" / SHA[:2] / SHA[2:4] / SHA
+    target.parent.mkdir(parents=True)
+    os.chmod(folder / "data", 0o400)
+    os.link(folder / "data", target)
+    receiver = bed.reopen()
+    assert rows(bed.home, "SELECT count(*) FROM segments") == [(len(segments_of(len(DATA))),)]
+    out = send(receiver, dock.fin(DATA))
+    assert code(out) == RC_SUCCESS and on(out, dock.topics.receipts)
+    assert receiver.stored(SHA) == target and target.read_bytes() == DATA
+    assert stat.S_IMODE(target.stat().st_mode) == 0o400 and target.stat().st_nlink == 1
+    assert not list((bed.home / "spool").iterdir())
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+def _batch(receiver: Receiver, messages: list[tuple[str, bytes]]) -> list[list[Outgoing]]:
+    return receiver.handle_batch(
+        [
+            Message(t, p, correlation=f"c{n}".encode(), packet_id=n)
+            for n, (t, p) in enumerate(messages)
+        ]
+    )
+
+
+def test_a_batch_is_answered_as_one_message_at_a_time_would_be(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments, duplicates and contradictions among them, then fin, in one batch: each
+    answered as alone, the run of segments synced once and committed after the sync."""
+    dock, receiver = bed.dock, bed.receiver
+    assert code(send(receiver, *dock.init(DATA, dock.add(DATA)))) == RC_SUCCESS
+    parts = segments_of(len(DATA))
+    other = random_bytes(SEG, seed=9)
+    messages = [
+        dock.segment(DATA, *parts[1]),
+        dock.segment(DATA, *parts[1]),  # a duplicate: fine
+        (dock.topics.segment(SHA, SEG, hashlib.sha256(other).hexdigest()), other),  # contradicts
+        dock.segment(DATA, SEG // 2, SEG),  # overlaps the first
+        (dock.topics.segment(SHA, 0, "0" * 64), DATA[:SEG]),  # checksum mismatch
+        *(dock.segment(DATA, *p) for p in (parts[0], *parts[2:])),
+        (dock.fin(DATA), b""),
+    ]
+    synced: list[list[tuple[object, ...]]] = []
+    real_sync = receiver._spool.sync
+
+    def sync() -> None:
+        real_sync()
+        synced.append(rows(bed.home, "SELECT start FROM segments"))  # another connection
+
+    monkeypatch.setattr(receiver._spool, "sync", sync)
+    answers = _batch(receiver, messages)
+    codes = [code(out) for out in answers]
+    assert codes == [RC_SUCCESS, RC_SUCCESS, RC_CANCEL, RC_CANCEL, RC_RETRY] + [RC_SUCCESS] * (
+        len(parts)
+    )
+    assert [result(out).topic for out in answers] == [t for t, _ in messages]
+    assert [out[0].correlation for out in answers] == [
+        f"c{n}".encode() for n in range(len(messages))
+    ]
+    assert len(synced) == 1, "one sync for the run of segments"
+    assert synced[0] == [], "rows commit only after the data is synced"
+    (receipt,) = on(answers[-1], dock.topics.receipts)
+    assert Receipt.open(receipt.payload, [receiver.verifier]).sha256 == SHA
+    stored = receiver.stored(SHA)
+    assert stored is not None and stored.read_bytes() == DATA
+
+
+def test_a_batch_that_cannot_be_made_durable_records_nothing(
+    midway: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dock, receiver = midway.dock, midway.receiver
+    tables, _ = snapshot(midway.home)
+    real_sync = receiver._spool.sync
+
+    def failing() -> None:
+        real_sync()
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(receiver._spool, "sync", failing)
+    parts = segments_of(len(DATA))
+    answers = _batch(receiver, [dock.segment(DATA, *parts[1]), dock.segment(DATA, *parts[3])])
+    assert [(result(a).reason_code, result(a).reason_description) for a in answers] == [
+        (RC_RETRY, "internal error")
+    ] * 2
+    assert snapshot(midway.home)[0] == tables  # no row: the bytes written are not trusted
+    monkeypatch.setattr(receiver._spool, "sync", real_sync)
+    for offset, length in parts:
+        assert code(send(receiver, *dock.segment(DATA, offset, length))) == RC_SUCCESS
+    assert code(send(receiver, dock.fin(DATA))) == RC_SUCCESS
+    stored = receiver.stored(SHA)
+    assert stored is not None and stored.read_bytes() == DATA
+
+
+def test_serve_batches_what_is_already_waiting_within_bounds() -> None:
+    def item(size: int) -> receiver_module._Inbound:
+        return receiver_module._Inbound(Message("t", bytes(size)), 1, 1, 0)
+
+    inbox: queue.Queue[receiver_module._Inbound] = queue.Queue()
+    first = item(1)
+    assert receiver_module._gather(inbox, first) == [first]  # a lone message goes at once
+    for _ in range(40):
+        inbox.put(item(1))
+    assert len(receiver_module._gather(inbox, first)) == receiver_module.BATCH_MESSAGES
+    while not inbox.empty():
+        inbox.get_nowait()
+    big = receiver_module.BATCH_BYTES // 3 + 1
+    for _ in range(5):
+        inbox.put(item(big))
+    assert len(receiver_module._gather(inbox, item(big))) == 3  # past BATCH_BYTES: no more
+    assert inbox.qsize() == 3
 
 
 # -- properties ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ verified ``upload_receipt`` per file.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class Sim:
         span = (cmd.offset, len(payload))
         assert span not in up.outbox.confirmed_ranges(cmd.file_id), "a confirmed range was resent"
         in_flight = sum(1 for p in up._pending.values() if p.kind == "segment")
-        assert in_flight < WINDOW, "more segments than the window in flight"
+        assert in_flight < up.settings.window_segments, "more segments than the window in flight"
         assert len(payload) <= SEGMENT
 
     # -- the network ------------------------------------------------------------
@@ -406,6 +407,62 @@ def test_receipt_lost_then_fin_again(tmp_path: Path, sim_time: SimTime) -> None:
         assert got is not None and got.state == "finished"
         sim_time.now += 3 * RESULT_TIMEOUT + 1
         finish(sim)
+        check_outcome(sim)
+    finally:
+        sim.close()
+
+
+def test_a_slow_link_holds_few_segments_and_a_slow_receiver_the_rest(
+    tmp_path: Path, sim_time: SimTime
+) -> None:
+    """At most UNACKED_SEGMENTS segments are ever without the broker's PUBACK; once
+    the broker has them, up to the window wait for their results, each given
+    result_timeout_s from its PUBACK, however long it took to cross the link."""
+    bed = make_bed(tmp_path, (40 * SEGMENT,), seed=7)
+    sim = Sim(bed, sim_time)
+    window = 2 * sender.UNACKED_SEGMENTS
+    sim.up.settings = dataclasses.replace(sim.up.settings, window_segments=window)
+    sim.client.max_queued = 100
+
+    def unacked() -> int:
+        return sum(1 for p in sim.up._pending.values() if p.kind == "segment" and not p.acked)
+
+    try:
+        while sim.up._current is None or sim.up._current.phase != "send":
+            sim.up._step()
+            if sim.client.queue:
+                sim.deliver()  # the retained checkpoint, init and its result
+        sim.up._step()
+        assert len(sim.client.queue) == unacked() == sender.UNACKED_SEGMENTS
+        # A slow link: a segment crosses it in a tenth of the result timeout, so the
+        # whole window on it at once would make its last segments late; its result
+        # comes at once. None is sent twice.
+        for _ in range(24):
+            sim_time.now += RESULT_TIMEOUT * 0.1
+            sim.deliver()
+            sim.up._step()
+            assert unacked() <= sender.UNACKED_SEGMENTS
+        assert sim.sent_segments == 24 + sender.UNACKED_SEGMENTS
+        # A slow receiver: the broker takes each segment at once, the results wait, and
+        # each result's clock starts at its PUBACK, not when it was queued for the link.
+        held: list[Message] = []
+        while sim.client.queue:
+            msg = sim.client.queue.popleft()
+            sim.up._handle(("puback", msg.mid, 0, "Success"))
+            held.append(msg)
+            sim.up._step()
+        assert sim.up._segments_in_flight() == window == len(held)
+        sim_time.now += RESULT_TIMEOUT * 0.5
+        sim.up._step()
+        assert sim.sent_segments == 40 and not sim.client.queue  # nothing resent
+        for msg in held:
+            out = bed.receiver.handle(
+                msg.topic, msg.payload, response_topic=None, correlation=msg.correlation
+            )
+            for o in out:
+                sim.up._handle(("message", o.topic, o.payload, o.correlation))
+        finish(sim)
+        assert sim.sent_segments == 40
         check_outcome(sim)
     finally:
         sim.close()

@@ -1,0 +1,656 @@
+"""The kiosk web application (Starlette): the dock screen, supervisors' recordings, login.
+
+Served by the daemon on 127.0.0.1 (agent.kiosk.server). Pages are rendered on
+the server; the dock screen then follows the daemon through server-sent events
+(``/events``: the tiles and the uplink panel as compact JSON, sent when they
+change, checked about once a second) applied by a small script, and falls back
+to a meta refresh where scripts do not run.
+
+Routes::
+
+    GET  /                      dock screen: one tile per docked recorder, uplink panel
+    GET  /events                live updates of the dock screen (text/event-stream)
+    GET  /login, POST /login    log in (user name and password or PIN)
+    POST /logout                end the session
+    POST /lang                  choose the language (cookie)
+    GET  /recordings            recent recordings with thumbnails; filters; tag form
+    GET  /recordings/{sha256}   one recording: facts, cases, anomalies, player
+    POST /tag                   bind recordings to a case (agent.records.tag, by the user)
+    GET  /thumbs/{sha256}.jpg   thumbnail of a recording in the ledger
+    GET  /media/{sha256}        the stored recording, with HTTP Range, for <video>
+    GET  /static/...            CSS and script (no CDN: a kiosk has no internet)
+
+Threat model, and what answers it:
+
+- Cross-site request forgery: every POST carries a token. Logged-in forms
+  carry the session's CSRF token (agent.users.Session.csrf); the login and
+  language forms, which come before any session, a random double-submit
+  token from an HttpOnly cookie. A POST whose Origin is another site is
+  refused too, and every cookie is SameSite=Strict.
+- Session fixation: the session cookie is whatever ``Users.login`` returns, a
+  new random token at each login; a cookie the browser held before is
+  ignored (and its session ended), never promoted.
+- Cross-site scripting through file names, case numbers, tags, officer ids:
+  Jinja2 autoescaping is on for every template, the script sets text with
+  ``textContent`` only, and the Content-Security-Policy allows scripts from
+  this origin's files only (no inline script, no eval).
+- Reading files it should not: thumbnails and media are looked up by a
+  digest that must be 64 hex characters *and* name a recording in the
+  ledger; the path is built from the digest, never from the request. Roles
+  decide who may view, play and tag (agent.roles); an officer sees only
+  recordings bound to their own police number.
+- DNS rebinding: requests must name this host (127.0.0.1, localhost or the
+  configured address), or they get 400.
+- Clickjacking and leaks: X-Frame-Options DENY, frame-ancestors 'none',
+  Referrer-Policy no-referrer, nosniff, no-store on pages.
+
+Every change of state a user makes is a ledger entry naming them: tagging is
+``agent.records.tag(..., by=user.name)``, as the CLI's; logins and their
+failures are recorded by agent.users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import mimetypes
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent import records, schema
+from agent.kiosk import i18n
+from agent.kiosk.catalog import Catalog, Filters, is_sha256
+from agent.kiosk.i18n import Translator
+from agent.kiosk.views import EMPTY_TILE, dock_view, duration_text, local_time, size_text
+from agent.roles import PermissionDeniedError, can, officer_scope
+from agent.users import LoginError, Session, User, Users
+from hashing.errors import EvidockError, InputError
+from hashing.station import Station
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "evidock_session"
+CSRF_COOKIE = "evidock_csrf"  # double-submit token for the forms before a session exists
+LANG_COOKIE = "evidock_lang"
+KEEPALIVE_S = 15.0
+MAX_FORM_FIELDS = 2000  # a page of recordings plus the tag fields, with room to spare
+
+Snapshot = Callable[[], Mapping[str, Any]]
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "media-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+}
+ACTIVE = {"dock.html": "dock", "recordings.html": "recordings", "recording.html": "recordings"}
+# What may be played in the page, by the recording's file extension.
+PLAYABLE = {"video", "audio", "image"}
+
+
+@dataclass(frozen=True)
+class KioskSettings:
+    language: str = i18n.DEFAULT
+    utc_offset_minutes: int = 480  # station local time, as [offload] utc_offset_minutes
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost")  # Host headers accepted
+    live_interval_s: float = 1.0  # how often the live feed looks for a change
+    snapshot_every_s: float = 0.5  # one daemon snapshot serves every screen this long
+    refresh_s: int = 5  # the meta refresh of the dock screen without scripts
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response (pure ASGI, so streaming
+    responses such as the event stream pass through untouched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers[key] = value
+                if "cache-control" not in headers:
+                    # Pages and data are never stored; the stylesheet and script are
+                    # revalidated (ETag) so a reload costs a 304.
+                    static = str(scope.get("path", "")).startswith("/static/")
+                    headers["cache-control"] = "no-cache" if static else "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@dataclass
+class DockFeed:
+    """The dock view, shared by every page and live stream: the daemon's snapshot is
+    taken at most once per ``min_interval_s`` however many screens watch."""
+
+    snapshot: Snapshot
+    catalog: Catalog
+    offset_minutes: int
+    min_interval_s: float = 0.5
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _taken: float = -1.0
+    _snap: dict[str, Any] = field(default_factory=dict)
+    _views: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def view(self, lang: str) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._taken >= self.min_interval_s:
+                self._taken = now
+                try:
+                    self._snap = dict(self.snapshot())
+                    self._views = {}
+                except Exception:  # the screen keeps the last picture; the log says why
+                    log.exception("kiosk: the daemon's snapshot failed")
+            view = self._views.get(lang)
+            if view is None:
+                view = dock_view(
+                    Translator(lang),
+                    self._snap,
+                    anomaly_kind=self.catalog.anomaly_kind,
+                    uploads_of=self.catalog.uploads_of,
+                    offset_minutes=self.offset_minutes,
+                )
+                self._views[lang] = view
+            return view
+
+
+class Kiosk:
+    """The application's state and handlers; ``create_app`` wires them to routes."""
+
+    def __init__(
+        self, station: Station, snapshot: Snapshot, users: Users, settings: KioskSettings
+    ) -> None:
+        schema.ensure(station)  # the tags and anomalies tables the pages read
+        self.station = station
+        self.users = users
+        self.settings = settings
+        self.catalog = Catalog(station.home)
+        self.feed = DockFeed(
+            snapshot, self.catalog, settings.utc_offset_minutes, settings.snapshot_every_s
+        )
+        self.thumbs = station.home / "thumbs"
+        self.closing = threading.Event()  # set by the server at shutdown: streams end
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,  # every template, whatever its name (XSS through names and tags)
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.globals["size_text"] = size_text
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- request context -------------------------------------------------------------
+
+    def lang(self, request: Request) -> str:
+        value = request.cookies.get(LANG_COOKIE)
+        return i18n.pick(value) if value else i18n.pick(self.settings.language)
+
+    def who(self, request: Request) -> tuple[User, Session] | None:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            return None
+        found = self.users.session(token)
+        if found is None or found[0].disabled:
+            return None
+        return found
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        status: int = 200,
+        *,
+        who: tuple[User, Session] | None = None,
+        **context: Any,
+    ) -> HTMLResponse:
+        lang = self.lang(request)
+        t = Translator(lang)
+        anon = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+        user = who[0] if who else None
+        role = user.role if user else None
+        body = self.env.get_template(template).render(
+            t=t,
+            lang=lang,
+            html_lang=i18n.HTML_LANG[lang],
+            languages=[(code, i18n.NATIVE_NAMES[code]) for code in i18n.LANGUAGES],
+            anon_csrf=anon,
+            csrf=who[1].csrf if who else "",
+            user=user,
+            role_text=t(f"role.{role}") if role else "",
+            may=lambda action: role is not None and can(role, action),
+            here=_here(request),
+            active=ACTIVE.get(template, ""),
+            station=self.station.station_id,
+            settings=self.settings,
+            duration_text=lambda s: duration_text(t, s),
+            local_time=lambda w: local_time(w, self.settings.utc_offset_minutes),
+            **context,
+        )
+        response = HTMLResponse(body, status_code=status)
+        if request.cookies.get(CSRF_COOKIE) != anon:
+            _set_cookie(response, CSRF_COOKIE, anon)
+        return response
+
+    def error(
+        self,
+        request: Request,
+        status: int,
+        key: str,
+        who: tuple[User, Session] | None = None,
+        **values: Any,
+    ) -> HTMLResponse:
+        t = Translator(self.lang(request))
+        return self.render(request, "error.html", status, who=who, message=t(key, **values))
+
+    async def form(self, request: Request) -> FormData:
+        return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+
+    def same_origin(self, request: Request) -> bool:
+        """A browser says where a POST comes from; another site's is refused (on top of
+        the token). Sec-Fetch-Site is always sent by current browsers; Origin is
+        "null" under Referrer-Policy no-referrer, so only a named origin counts."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = request.headers.get("origin")
+        if origin is None or origin == "null":
+            return True
+        host = request.headers.get("host", "")
+        return origin in (f"http://{host}", f"https://{host}")
+
+    # -- dock screen -----------------------------------------------------------------
+
+    async def dock(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        view = await run_in_threadpool(self.feed.view, self.lang(request))
+        return self.render(request, "dock.html", who=who, view=view, empty_tile=EMPTY_TILE)
+
+    async def events(self, request: Request) -> Response:
+        lang = self.lang(request)
+        interval = self.settings.live_interval_s
+
+        async def stream() -> AsyncIterator[str]:
+            last = ""
+            quiet_since = time.monotonic()
+            yield "retry: 2000\n\n"
+            while not self.closing.is_set():
+                view = await run_in_threadpool(self.feed.view, lang)
+                data = json.dumps(view, ensure_ascii=False, separators=(",", ":"))
+                now = time.monotonic()
+                if data != last:
+                    last, quiet_since = data, now
+                    yield f"data: {data}\n\n"
+                elif now - quiet_since >= KEEPALIVE_S:
+                    quiet_since = now
+                    yield ": still here\n\n"
+                await asyncio.sleep(interval)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    # -- language, login, logout -----------------------------------------------------
+
+    def anon_token_ok(self, request: Request, form: FormData) -> bool:
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        sent = form.get("csrf")
+        return (
+            bool(cookie)
+            and isinstance(sent, str)
+            and hmac.compare_digest(sent.encode(), cookie.encode())
+        )
+
+    async def set_language(self, request: Request) -> Response:
+        form = await self.form(request)
+        if not self.same_origin(request) or not self.anon_token_ok(request, form):
+            return self.error(request, 403, "error.csrf")
+        lang = i18n.pick(str(form.get("lang", "")))
+        response = RedirectResponse(_local(str(form.get("next", "/"))), status_code=303)
+        _set_cookie(response, LANG_COOKIE, lang, max_age=10 * 365 * 86400)
+        return response
+
+    async def login_page(self, request: Request) -> Response:
+        return self.render(
+            request, "login.html", next=_local(request.query_params.get("next", "/recordings"))
+        )
+
+    async def login(self, request: Request) -> Response:
+        form = await self.form(request)
+        if not self.same_origin(request) or not self.anon_token_ok(request, form):
+            return self.error(request, 403, "error.csrf")
+        name, secret = str(form.get("name", "")), str(form.get("secret", ""))
+        source = request.client.host if request.client else "unknown"
+        target = _local(str(form.get("next", "/recordings")))
+        try:
+            session = await run_in_threadpool(self.users.login, name, secret, source=source)
+        except LoginError:
+            return self.render(request, "login.html", 401, failed=True, next=target, name=name)
+        # Session fixation: whatever session cookie came with the request is ended,
+        # never reused; the browser gets the new random token from Users.login.
+        old = request.cookies.get(SESSION_COOKIE)
+        if old and not hmac.compare_digest(old.encode(), session.token.encode()):
+            await run_in_threadpool(self.users.logout, old)
+        response = RedirectResponse(target, status_code=303)
+        # No Max-Age: the server decides when a session ends (it slides while used).
+        _set_cookie(response, SESSION_COOKIE, session.token)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        form = await self.form(request)
+        if who is not None:
+            if not self.same_origin(request) or not _token_ok(form, who[1]):
+                return self.error(request, 403, "error.csrf", who)
+            await run_in_threadpool(self.users.logout, who[1].token)
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    # -- recordings ------------------------------------------------------------------
+
+    @staticmethod
+    def scope(user: User) -> str | bool | None:
+        """None: may view every recording; an officer id: only that officer's;
+        False: none at all (agent.roles.officer_scope)."""
+        try:
+            return officer_scope(user)
+        except PermissionDeniedError:
+            return False
+
+    async def recordings(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        if who is None:
+            return _to_login(request)
+        user = who[0]
+        scope = self.scope(user)
+        if scope is False:
+            return self.error(request, 403, "error.forbidden", who)
+        q = request.query_params
+        day: date | None = None
+        if q.get("date"):
+            try:
+                day = date.fromisoformat(q["date"])
+            except ValueError:
+                return self.error(request, 400, "error.bad_input", who, message=q["date"])
+        filters = Filters(
+            officer=q.get("officer", "").strip()[:64],
+            device=q.get("device", "").strip()[:64],
+            day=day,
+            untagged=q.get("untagged") == "1",
+            officer_only=scope if isinstance(scope, str) else None,
+        )
+        try:
+            page_no = int(q.get("page", "1"))
+        except ValueError:
+            page_no = 1
+        page = await run_in_threadpool(
+            self.catalog.page, filters, page_no, self.settings.utc_offset_minutes
+        )
+        officers, devices = await run_in_threadpool(self.catalog.options)
+        thumbs = await run_in_threadpool(self.thumbs_of, [r.sha256 for r in page.rows])
+        tagged = None
+        if q.get("tagged", "").isdigit():
+            body = await run_in_threadpool(self.catalog.tag_entry, int(q["tagged"]))
+            tagged = {**body, "seq": int(q["tagged"])} if body else None
+        base = {
+            k: v
+            for k, v in (
+                ("officer", filters.officer),
+                ("device", filters.device),
+                ("date", day.isoformat() if day else ""),
+                ("untagged", "1" if filters.untagged else ""),
+            )
+            if v
+        }
+        return self.render(
+            request,
+            "recordings.html",
+            who=who,
+            page=page,
+            thumbs=thumbs,
+            filters=filters,
+            day=day.isoformat() if day else "",
+            officers=officers if scope is None else [],
+            devices=devices,
+            only_own=scope is not None,
+            tagged=tagged,
+            kinds=records.ACT_KINDS,
+            retentions=records.RETENTION_CLASSES,
+            page_url=lambda n: "/recordings?" + urlencode({**base, "page": n}),
+        )
+
+    def thumbs_of(self, shas: list[str]) -> set[str]:
+        return {s for s in shas if (self.thumbs / f"{s}.jpg").is_file()}
+
+    def may_view(self, user: User, officer: str | None) -> bool:
+        scope = self.scope(user)
+        return scope is None or (isinstance(scope, str) and officer == scope)
+
+    async def recording(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        if who is None:
+            return _to_login(request)
+        sha = str(request.path_params["sha256"])
+        rec = await run_in_threadpool(self.catalog.recording, sha)
+        if rec is None:
+            return self.error(request, 404, "error.not_found", who)
+        if not self.may_view(who[0], rec.officer):
+            return self.error(request, 403, "error.forbidden", who)
+        anomalies = await run_in_threadpool(self.catalog.anomalies_of, rec)
+        has_thumb = bool(await run_in_threadpool(self.thumbs_of, [rec.sha256]))
+        kind = mimetypes.guess_type(rec.name)[0] or ""
+        return self.render(
+            request,
+            "recording.html",
+            who=who,
+            rec=rec,
+            anomalies=anomalies,
+            has_thumb=has_thumb,
+            media_kind=kind.split("/", 1)[0] if kind else "",
+            kinds=records.ACT_KINDS,
+            retentions=records.RETENTION_CLASSES,
+        )
+
+    async def tag(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        form = await self.form(request)
+        if who is None:
+            return self.error(request, 403, "error.login_needed")
+        if not self.same_origin(request) or not _token_ok(form, who[1]):
+            return self.error(request, 403, "error.csrf", who)
+        user = who[0]
+        if not can(user.role, "tag"):
+            log.warning("user %s (%s) tried to tag; refused", user.name, user.role)
+            return self.error(request, 403, "error.forbidden", who)
+        files = [str(v) for v in form.getlist("sha256") if isinstance(v, str)]
+        if not all(is_sha256(f) for f in files):
+            return self.error(request, 400, "error.bad_input", who, message="sha256")
+        reason = str(form.get("reason", "")).strip() or None
+        try:
+            entry = await run_in_threadpool(
+                lambda: records.tag(
+                    self.station,
+                    files,
+                    case=str(form.get("case", "")).strip(),
+                    kind=str(form.get("kind", "")),
+                    retention=str(form.get("retention", "routine")),
+                    reason=reason,
+                    by=user.name,
+                )
+            )
+        except InputError as e:
+            return self.error(request, 400, "error.bad_input", who, message=str(e))
+        log.info("user %s tagged %d recording(s) (entry %d)", user.name, len(files), entry.seq)
+        path, _, query = _local(str(form.get("next", "/recordings"))).partition("?")
+        kept = [(k, v) for k, v in parse_qsl(query) if k != "tagged"]
+        back = f"{path}?{urlencode([*kept, ('tagged', str(entry.seq))])}"
+        return RedirectResponse(back, status_code=303)
+
+    # -- files -----------------------------------------------------------------------
+
+    async def thumb(self, request: Request) -> Response:
+        sha = str(request.path_params["sha256"])
+        denied = await self.file_access(request, sha, "view")
+        if denied is not None:
+            return denied
+        path = self.thumbs / f"{sha}.jpg"  # built from a checked digest, never from the URL
+        if not path.is_file():
+            return Response(status_code=404)
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"}
+        )
+
+    async def media(self, request: Request) -> Response:
+        sha = str(request.path_params["sha256"])
+        denied = await self.file_access(request, sha, "play")
+        if denied is not None:
+            return denied
+        rec = await run_in_threadpool(self.catalog.recording, sha)
+        kind = (mimetypes.guess_type(rec.name)[0] if rec else None) or ""
+        if kind.split("/", 1)[0] not in PLAYABLE:
+            kind = "application/octet-stream"
+        path = self.station.store.path_for(sha)
+        if not path.is_file():
+            return Response(status_code=404)
+        return FileResponse(
+            path,
+            media_type=kind,
+            headers={"cache-control": "private, no-store", "content-disposition": "inline"},
+        )
+
+    async def file_access(self, request: Request, sha: str, what: str) -> Response | None:
+        """None if the logged-in user may ``what`` ("view" or "play") the recording
+        ``sha`` of the ledger; else the response that refuses."""
+        if not is_sha256(sha):
+            return Response(status_code=404)
+        who = await run_in_threadpool(self.who, request)
+        if who is None:
+            return Response(status_code=403)
+        known, officer = await run_in_threadpool(self.catalog.owner, sha)
+        if not known:
+            return Response(status_code=404)
+        user = who[0]
+        if not self.may_view(user, officer) or (what == "play" and not can(user.role, "play")):
+            return Response(status_code=403)
+        if what == "play":
+            log.info("user %s plays %s", user.name, sha)
+        return None
+
+
+def _token_ok(form: FormData, session: Session) -> bool:
+    sent = form.get("csrf")
+    return isinstance(sent, str) and hmac.compare_digest(sent.encode(), session.csrf.encode())
+
+
+def _set_cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    # HttpOnly: no script reads it; SameSite=Strict: no other site sends it; Path=/.
+    # Not Secure: the kiosk is plain HTTP on the loopback interface.
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="strict")
+
+
+def _local(target: str) -> str:
+    """A redirect target on this site only (no //host, no scheme): else '/'."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _here(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def _to_login(request: Request) -> Response:
+    return RedirectResponse("/login?" + urlencode({"next": _here(request)}), status_code=303)
+
+
+def create_app(
+    station: Station,
+    snapshot: Snapshot,
+    users: Users,
+    settings: KioskSettings | None = None,
+) -> Starlette:
+    """The kiosk for ``station``. ``snapshot`` returns ``Daemon.snapshot()`` (called
+    from worker threads); ``users`` checks logins and sessions."""
+    settings = settings or KioskSettings()
+    kiosk = Kiosk(station, snapshot, users, settings)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return kiosk.error(request, 404, "error.not_found")
+
+    async def bad_input(request: Request, exc: Exception) -> Response:
+        log.warning("kiosk: %s", exc)
+        return kiosk.error(request, 400, "error.bad_input", message=str(exc))
+
+    routes = [
+        Route("/", kiosk.dock),
+        Route("/events", kiosk.events),
+        Route("/login", kiosk.login_page, methods=["GET"]),
+        Route("/login", kiosk.login, methods=["POST"]),
+        Route("/logout", kiosk.logout, methods=["POST"]),
+        Route("/lang", kiosk.set_language, methods=["POST"]),
+        Route("/recordings", kiosk.recordings),
+        Route("/recordings/{sha256}", kiosk.recording),
+        Route("/tag", kiosk.tag, methods=["POST"]),
+        Route("/thumbs/{sha256}.jpg", kiosk.thumb),
+        Route("/media/{sha256}", kiosk.media),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.hosts)),
+        ],
+        exception_handlers={404: not_found, EvidockError: bad_input},
+    )
+    app.state.kiosk = kiosk
+    return app

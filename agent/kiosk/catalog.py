@@ -1,0 +1,327 @@
+"""What the kiosk reads from the ledger database and the outbox: read-only, on its own
+connections, so a page never waits behind an offload session's write transaction
+(the ledger's own connection is shared and locked; SQLite's WAL lets readers
+run beside the writer).
+
+Every query takes its values as parameters; a digest is accepted only as 64
+lower-case hex characters, so a name taken from a URL can never become a path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from agent.kiosk.views import DeviceUploads
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+PAGE_SIZE = 30
+UPLOADS_TTL_S = 2.0  # a recorder's upload states are re-read at most this often
+_SENDING = ("queued", "initialised", "finished")
+
+
+def is_sha256(text: str) -> bool:
+    return HEX64.fullmatch(text) is not None
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        f"file:{quote(str(path))}?mode=ro", uri=True, check_same_thread=False, timeout=5
+    )
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The supervisor's list filters (all optional). ``officer_only`` is forced for
+    roles that may see only their own recordings, whatever the form said."""
+
+    officer: str = ""
+    device: str = ""
+    day: date | None = None
+    untagged: bool = False
+    officer_only: str | None = None
+
+    def where(self, offset_minutes: int) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.officer_only is not None:
+            clauses.append("f.officer = ?")
+            params.append(self.officer_only)
+        if self.officer:
+            clauses.append("f.officer = ?")
+            params.append(self.officer)
+        if self.device:
+            clauses.append("f.device = ?")
+            params.append(self.device)
+        if self.day is not None:
+            zone = timezone(timedelta(minutes=offset_minutes))
+            start = datetime(self.day.year, self.day.month, self.day.day, tzinfo=zone)
+            clauses.append("f.recorded_at >= ? AND f.recorded_at < ?")
+            params += [_utc_text(start), _utc_text(start + timedelta(days=1))]
+        if self.untagged:
+            clauses.append("NOT EXISTS (SELECT 1 FROM tags t WHERE t.sha256 = f.sha256)")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class TagRow:
+    seq: int
+    case: str
+    kind: str
+    retention: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One stored recording as the list and the player show it."""
+
+    sha256: str
+    size: int
+    name: str
+    source_path: str
+    device: str | None
+    officer: str | None
+    recorded_at: str | None
+    seq: int
+    media: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[TagRow, ...] = ()
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Recording]
+    total: int
+    page: int
+    pages: int
+
+
+class Catalog:
+    """Read-only queries over ``ledger.db`` (files, tags, anomalies, wipes) and ``outbox.db``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._lock = threading.Lock()
+        self._ledger = _ro(home / "ledger.db")
+        self._outbox: sqlite3.Connection | None = None
+        self._kinds: OrderedDict[tuple[str | None, str], str | None] = OrderedDict()
+        self._uploads: dict[str, tuple[float, DeviceUploads]] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._ledger.close()
+            if self._outbox is not None:
+                self._outbox.close()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._ledger.execute(sql, tuple(params)).fetchall()
+
+    # -- recordings ------------------------------------------------------------------
+
+    def page(self, filters: Filters, page: int, offset_minutes: int) -> Page:
+        where, params = filters.where(offset_minutes)
+        (total,) = self._rows(f"SELECT count(*) FROM files f{where}", params)[0]  # noqa: S608 - clauses are fixed text
+        pages = max(1, -(-int(total) // PAGE_SIZE))
+        page = min(max(1, page), pages)
+        # The page is chosen from the files index alone; only its rows' entries are
+        # read (sorting the join would carry every entry's bytes through the sort).
+        rows = self._rows(
+            "SELECT f.sha256, f.size, f.name, f.device, f.officer, f.recorded_at, f.seq, e.data"  # noqa: S608
+            " FROM (SELECT f.sha256, f.size, f.name, f.device, f.officer, f.recorded_at, f.seq"
+            f" FROM files f{where} ORDER BY f.recorded_at DESC, f.seq DESC LIMIT ? OFFSET ?) f"
+            " JOIN entries e ON e.seq = f.seq ORDER BY f.recorded_at DESC, f.seq DESC",
+            [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE],
+        )
+        recordings = [self._recording(r) for r in rows]
+        tags = self._tags([r.sha256 for r in recordings])
+        recordings = [
+            Recording(**{**r.__dict__, "tags": tuple(tags.get(r.sha256, ()))}) for r in recordings
+        ]
+        return Page(recordings, int(total), page, pages)
+
+    def recording(self, sha256: str) -> Recording | None:
+        """One recording by digest, or None (also for anything that is not a digest)."""
+        if not is_sha256(sha256):
+            return None
+        rows = self._rows(
+            "SELECT f.sha256, f.size, f.name, f.device, f.officer, f.recorded_at, f.seq, e.data"
+            " FROM files f JOIN entries e ON e.seq = f.seq WHERE f.sha256 = ?",
+            (sha256,),
+        )
+        if not rows:
+            return None
+        rec = self._recording(rows[0])
+        return Recording(**{**rec.__dict__, "tags": tuple(self._tags([sha256]).get(sha256, ()))})
+
+    def owner(self, sha256: str) -> tuple[bool, str | None]:
+        """(known, officer) of a digest: for access checks on thumbnails and media."""
+        if not is_sha256(sha256):
+            return False, None
+        rows = self._rows("SELECT officer FROM files WHERE sha256 = ?", (sha256,))
+        return (True, rows[0][0]) if rows else (False, None)
+
+    def anomalies_of(self, rec: Recording) -> list[tuple[int, str, str]]:
+        """(seq, kind, detail) of the anomalies that name this recording."""
+        out = []
+        for seq, kind, detail, files in self._rows(
+            "SELECT seq, kind, detail, files FROM anomalies WHERE device IS ? ORDER BY seq",
+            (rec.device,),
+        ):
+            try:
+                named = json.loads(files)
+            except ValueError:
+                continue
+            if rec.source_path in named or rec.sha256 in named:
+                out.append((int(seq), str(kind), str(detail)))
+        return out
+
+    def tag_entry(self, seq: int) -> dict[str, Any] | None:
+        """The body of ``tag`` entry ``seq`` (for the confirmation after tagging)."""
+        rows = self._rows("SELECT type, data FROM entries WHERE seq = ?", (seq,))
+        if not rows or rows[0][0] != "tag":
+            return None
+        body = json.loads(bytes(rows[0][1])).get("body")
+        return body if isinstance(body, dict) else None
+
+    def options(self) -> tuple[list[str], list[str]]:
+        """Officers and devices that have recordings, for the filter pickers."""
+        officers = [
+            str(r[0])
+            for r in self._rows("SELECT DISTINCT officer FROM files WHERE officer IS NOT NULL")
+        ]
+        devices = [
+            str(r[0])
+            for r in self._rows("SELECT DISTINCT device FROM files WHERE device IS NOT NULL")
+        ]
+        return sorted(officers), sorted(devices)
+
+    def _recording(self, row: tuple[Any, ...]) -> Recording:
+        sha, size, name, device, officer, recorded, seq, data = row
+        try:
+            body = json.loads(bytes(data)).get("body") or {}
+        except ValueError:
+            body = {}
+        media = body.get("media") if isinstance(body.get("media"), dict) else {}
+        return Recording(
+            sha256=str(sha),
+            size=int(size),
+            name=str(name),
+            source_path=str(body.get("source_path") or name),
+            device=device,
+            officer=officer,
+            recorded_at=recorded,
+            seq=int(seq),
+            media=media or {},
+        )
+
+    def _tags(self, shas: list[str]) -> dict[str, list[TagRow]]:
+        if not shas:
+            return {}
+        marks = ",".join("?" * len(shas))
+        out: dict[str, list[TagRow]] = {}
+        for seq, sha, case, kind, retention, reason in self._rows(
+            f"SELECT seq, sha256, case_id, kind, retention, reason FROM tags WHERE sha256 IN ({marks})"  # noqa: S608
+            " ORDER BY seq",
+            shas,
+        ):
+            out.setdefault(str(sha), []).append(
+                TagRow(int(seq), str(case), str(kind), str(retention), reason)
+            )
+        return out
+
+    # -- for the dock tiles ----------------------------------------------------------
+
+    def anomaly_kind(self, serial: str | None, detail: str) -> str | None:
+        """The kind of a session's anomaly, from its wording (cached: the wording of an
+        anomaly entry never changes)."""
+        key = (serial, detail)
+        with self._lock:
+            if key in self._kinds:
+                self._kinds.move_to_end(key)
+                return self._kinds[key]
+        rows = self._rows(
+            "SELECT kind FROM anomalies WHERE device IS ? AND detail = ? ORDER BY seq DESC LIMIT 1",
+            (serial, detail),
+        )
+        kind = str(rows[0][0]) if rows else None
+        with self._lock:
+            self._kinds[key] = kind
+            while len(self._kinds) > 4096:
+                self._kinds.popitem(last=False)
+        return kind
+
+    def uploads_of(self, serial: str) -> DeviceUploads:
+        """Upload states of a recorder's recordings not yet wiped from it."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._uploads.get(serial)
+        if cached is not None and now - cached[0] < UPLOADS_TTL_S:
+            return cached[1]
+        result = self._read_uploads(serial)
+        with self._lock:
+            self._uploads[serial] = (now, result)
+            if len(self._uploads) > 256:
+                oldest = min(self._uploads, key=lambda k: self._uploads[k][0])
+                del self._uploads[oldest]
+        return result
+
+    def _read_uploads(self, serial: str) -> DeviceUploads:
+        shas = [
+            str(r[0])
+            for r in self._rows(
+                "SELECT sha256 FROM files WHERE device = ?"
+                " AND sha256 NOT IN (SELECT sha256 FROM wipes WHERE device = ?)",
+                (serial, serial),
+            )
+        ]
+        if not shas:
+            return DeviceUploads()
+        outbox = self._outbox_conn()
+        if outbox is None:
+            return DeviceUploads(total=len(shas))
+        receipted = sending = 0
+        for i in range(0, len(shas), 500):
+            part = shas[i : i + 500]
+            marks = ",".join("?" * len(part))
+            with self._lock:
+                rows = outbox.execute(
+                    f"SELECT state, count(*) FROM transfers WHERE sha256 IN ({marks}) GROUP BY state",  # noqa: S608
+                    part,
+                ).fetchall()
+            for state, n in rows:
+                if state == "receipted":
+                    receipted += int(n)
+                elif state in _SENDING:
+                    sending += int(n)
+        return DeviceUploads(total=len(shas), receipted=receipted, sending=sending)
+
+    def _outbox_conn(self) -> sqlite3.Connection | None:
+        """The outbox, read-only, once it exists (the uploader creates it)."""
+        with self._lock:
+            if self._outbox is None and (self.home / "outbox.db").exists():
+                conn: sqlite3.Connection | None = None
+                try:
+                    conn = _ro(self.home / "outbox.db")
+                    conn.execute("SELECT 1 FROM transfers LIMIT 1").fetchall()
+                    self._outbox = conn
+                except sqlite3.Error:
+                    if conn is not None:
+                        conn.close()
+            return self._outbox
