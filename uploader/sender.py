@@ -285,6 +285,11 @@ class Uploader:
         self.stop()
         self.outbox.close()
 
+    def alive(self) -> bool:
+        """The worker thread runs (the daemon pets systemd's watchdog only while it does).
+        True before start() and after stop(): only a worker that died is not alive."""
+        return self._thread is None or self._thread.is_alive()
+
     def wake(self) -> None:
         """New ledger entries exist (an ingest, a tag, a checkpoint): look now."""
         self._put(("wake",), force=True)
