@@ -698,6 +698,8 @@ class Receiver:
         if keys is None:
             log.warning("ignored a checkpoint of unknown station %r", station[:80])
             return
+        if not payload:  # a retained checkpoint being cleared (MQTT 5 §3.3.1.3): nothing to check
+            return
         if len(payload) > MAX_CHECKPOINT_BYTES:
             log.warning("station %s: ignored a %d-byte checkpoint message", station, len(payload))
             return
