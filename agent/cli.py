@@ -419,7 +419,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(_home(args), Path(args.out) if args.out else None)
+    return run_demo(_home(args), Path(args.out) if args.out else None, serve=args.serve)
 
 
 # -- users and the configuration file (issue 5) ------------------------------------
@@ -783,6 +783,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out", metavar="DIR", help="where to write the bundle (default HOME/../demo-export)"
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="afterwards keep the demo dock and its kiosk page running until Ctrl-C",
     )
     _user_and_config_parsers(sub, common)
     return parser

@@ -13,16 +13,19 @@ one-byte edit in a copy of the export is caught.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent import records
+from agent import config, records, wiring
 from agent.daemon import Daemon, EventSink, Watcher
 from agent.localbroker import Broker, make_pki, mosquitto_missing
 from agent.offload import OffloadPolicy
@@ -37,6 +40,9 @@ from uploader.link import MqttSettings
 from uploader.receiver import Receiver, ReceiverSettings, serve
 from uploader.sender import Uploader, UploadSettings
 
+if TYPE_CHECKING:
+    from agent.kiosk.server import KioskServer
+
 CASE = "CASE-2026-0001"
 SERIAL = "DEMO0001"
 OFFICER = "100001"
@@ -46,8 +52,9 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(home: Path, out: Path | None = None) -> int:
-    """Run the demo; returns the process exit code."""
+def run_demo(home: Path, out: Path | None = None, *, serve: bool = False) -> int:
+    """Run the demo; returns the process exit code. With ``serve`` the demo dock
+    and its kiosk page keep running afterwards, until Ctrl-C."""
     if home.exists() and any(home.iterdir()):
         raise ConfigError(f"{home} is not empty; the demo wants a fresh station folder")
     work = Path(tempfile.mkdtemp(prefix="evidock-demo-"))
@@ -55,24 +62,63 @@ def run_demo(home: Path, out: Path | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     try:
-        return _steps(home, out, work)
+        code = _steps(home, out, work)
+        if code == EXIT_OK and serve:
+            _serve(home, work)
     except EvidockError as e:
         print(f"evidock demo: {e}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return code
 
 
-def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
-    """Run the daemon on a watched folder, plug the camera in, follow its tile."""
+def _kiosk(station: Station, daemon: Daemon) -> KioskServer | None:
+    """The kiosk page on the default address (a demo has no configuration file)."""
+    cfg = config.load(Path(os.devnull))
+    kiosk = wiring.start_kiosk(station, cfg, daemon)
+    if kiosk is not None:
+        k = cfg.values["kiosk"]
+        _say(f"   kiosk page (可以拔出 shows on the tile): http://{k['address']}:{k['port']}/")
+    return kiosk
+
+
+def _demo_daemon(station: Station, dock: Path) -> Daemon:
     policy = OffloadPolicy(wipe="never", free_margin_bytes=0)
 
     def watcher(sink: EventSink) -> Watcher:
         return FolderWatcher([dock], sink, quiet_s=0.5)
 
-    daemon = Daemon(station, [FolderDriver([dock])], policy, [watcher], checkpoint_interval_s=60)
+    return Daemon(station, [FolderDriver([dock])], policy, [watcher], checkpoint_interval_s=60)
+
+
+def _serve(home: Path, work: Path) -> None:
+    """Keep the demo dock and its kiosk running: drop camera folders into the dock."""
+    station = Station.open(home)
+    dock = work / "dock"
+    daemon = _demo_daemon(station, dock)
+    kiosk = _kiosk(station, daemon)
+    _say(f"   dock folder (put a camera folder here): {dock}; Ctrl-C stops")
+    _say(f"   add a supervisor: evidock user add NAME --role supervisor --home {home}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    daemon.start()
+    try:
+        daemon.serve(stop)
+    except KeyboardInterrupt:
+        daemon.stop()
+    finally:
+        if kiosk is not None:
+            kiosk.stop()
+        station.close()
+
+
+def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
+    """Run the daemon on a watched folder, plug the camera in, follow its tile."""
+    daemon = _demo_daemon(station, dock)
     stop = threading.Event()
     server = threading.Thread(target=daemon.serve, args=(stop,), name="demo-daemon")
+    kiosk = _kiosk(station, daemon)
     daemon.start()
     server.start()
     try:
@@ -104,6 +150,8 @@ def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
     finally:
         stop.set()
         server.join(60)
+        if kiosk is not None:
+            kiosk.stop()
 
 
 def _upload(station: Station, work: Path) -> None:
