@@ -793,6 +793,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PLAIN = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+# sd-daemon(3) priority prefixes: journald files each stderr line under its level.
+_SD_LEVEL = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+class JournalFormatter(logging.Formatter):
+    """Under systemd (JOURNAL_STREAM set) each line starts with ``<priority>`` so
+    `journalctl -p warning` filters; a multi-line message (a traceback) keeps its
+    priority on every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_SD_LEVEL.get(record.levelno, 2 if record.levelno > 40 else 5)}>"
+        text = _PLAIN.format(record)
+        return "\n".join(prefix + line for line in text.splitlines())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -802,11 +818,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("home", "verbose"):
         if not hasattr(args, name):
             setattr(args, name, None if name == "home" else False)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else _PLAIN)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[stream])
     handler: Handler = args.handler
     try:
         return handler(args)

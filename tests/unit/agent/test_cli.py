@@ -358,3 +358,14 @@ def test_agent_runs_and_stops_on_sigterm(home: Path, tmp_path: Path) -> None:
         [evidock, "ledger", "verify"], env=env, capture_output=True, check=False
     )
     assert verify.returncode == 0
+
+
+def test_logs_carry_journald_priorities_under_systemd() -> None:
+    import logging
+
+    from agent.cli import JournalFormatter
+
+    record = logging.LogRecord("evidock", logging.ERROR, __file__, 1, "a\nb %s", ("c",), None)
+    assert JournalFormatter().format(record) == "<3>ERROR evidock: a\n<3>b c"
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    assert JournalFormatter().format(record).startswith("<4>WARNING")
