@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import fcntl
 import hashlib
 import hmac
 import itertools
@@ -66,6 +65,7 @@ from sqlite_utils.migrations import Migrations
 
 from agent import roles
 from agent.records import check_id
+from hashing import _sqlite
 from hashing.entries import Entry
 from hashing.errors import ConfigError, InputError
 from hashing.station import Station
@@ -96,7 +96,6 @@ MAX_SESSION_S = 12 * 3600  # a session never outlives a shift, however active
 SLIDE_STEP_S = 60.0  # sliding expiry is written at most once a minute per session
 SOURCE_DELAY_MAX_S = 30.0
 KEEP_FAILED_S = 30 * 86400  # failed-login records kept for review
-BUSY_TIMEOUT_MS = 60_000
 
 LOGIN_FAILED = (
     "login failed: wrong user name or PIN/password, or too many attempts; "
@@ -298,33 +297,7 @@ class Users:
             raise
 
     def _open(self) -> sqlite3.Connection:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)  # SQLite gives -wal and -shm the same mode
-        finally:
-            os.close(fd)
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ConfigError(f"{self.path}: SQLite refused WAL mode ({mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            lock = self.path.with_name(self.path.name + ".lock")
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                migrations.apply(Database(conn))
-            finally:
-                os.close(fd)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return _sqlite.connect(self.path, migrations)
 
     def close(self) -> None:
         with self._lock:

@@ -28,13 +28,12 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from hashing import _sqlite
 from hashing.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
 from hashing.entries import Entry, build_entry, clock_reading
 from hashing.errors import ConfigError, InputError
 from hashing.merkle import EMPTY_ROOT, SubtreeHasher, node_hash
 from hashing.note import parse_note
-
-BUSY_TIMEOUT_MS = 60_000
 
 migrations = Migrations("evidock.ledger")
 
@@ -152,20 +151,7 @@ class Ledger:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise ConfigError(f"{path}: SQLite refused WAL mode ({mode})")
-        # FULL: every commit fsyncs the WAL, so an acknowledged append is durable.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        # Without this, INSERT OR REPLACE deletes a row without firing the DELETE
-        # trigger: an append-only entry could be rewritten by a buggy statement.
-        conn.execute("PRAGMA recursive_triggers = ON")
-        return conn
+        return _sqlite.connect(path)
 
     @classmethod
     def create(cls, path: Path, *, station: str, origin: str) -> Ledger:

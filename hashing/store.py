@@ -60,12 +60,10 @@ class Store:
             removed.append(part)
         return removed
 
-    def adopt(self, staged: Path, sha256_hex: str, size: int) -> Path:
-        """Move a verified staging file into the store; returns the stored path.
-
-        Raises DigestMismatchError if a file already stored under this digest
-        has another size (the store was tampered with; nothing is replaced).
-        """
+    def _place(self, sha256_hex: str, size: int) -> tuple[Path, bool]:
+        """The stored path for a digest and whether a file is already there; its
+        folders are made (and made durable) if it is not. Raises DigestMismatchError
+        if the file there has another size (the store was tampered with)."""
         target = self.path_for(sha256_hex)
         if target.exists():
             if target.stat().st_size != size:
@@ -73,12 +71,23 @@ class Store:
                     f"{target} has {target.stat().st_size} bytes but its name says {size}: "
                     "the store was altered; run `evidock ledger verify`"
                 )
-            staged.unlink()
-            return target
+            return target, True
         for folder in (target.parent.parent, target.parent):
             if not folder.is_dir():
                 make_private_dir(folder)
                 fsync_dir(folder.parent)
+        return target, False
+
+    def adopt(self, staged: Path, sha256_hex: str, size: int) -> Path:
+        """Move a verified staging file into the store; returns the stored path.
+
+        Raises DigestMismatchError if a file already stored under this digest
+        has another size (the store was tampered with; nothing is replaced).
+        """
+        target, present = self._place(sha256_hex, size)
+        if present:
+            staged.unlink()
+            return target
         os.chmod(staged, STORED_MODE)
         os.rename(staged, target)
         fsync_dir(target.parent)
@@ -94,18 +103,9 @@ class Store:
         ``source`` (the same inode) becomes 0400 too. Raises DigestMismatchError
         as ``adopt`` does, and OSError from a filesystem without hard links.
         """
-        target = self.path_for(sha256_hex)
-        if target.exists():
-            if target.stat().st_size != size:
-                raise DigestMismatchError(
-                    f"{target} has {target.stat().st_size} bytes but its name says {size}: "
-                    "the store was altered; run `evidock ledger verify`"
-                )
+        target, present = self._place(sha256_hex, size)
+        if present:
             return target
-        for folder in (target.parent.parent, target.parent):
-            if not folder.is_dir():
-                make_private_dir(folder)
-                fsync_dir(folder.parent)
         os.chmod(source, STORED_MODE)
         os.link(source, target)
         fsync_dir(target.parent)

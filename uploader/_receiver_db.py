@@ -19,7 +19,6 @@ a receipt once issued and a refusal once recorded are statements, not state.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +29,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from hashing.errors import ConfigError
-
-BUSY_TIMEOUT_MS = 60_000
+from hashing import _sqlite
 
 migrations = Migrations("evidock.receiver")
 
@@ -152,22 +149,9 @@ class ReceiverDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.touch(mode=0o600, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
+        self._conn = _sqlite.connect(path, migrations)
         self._lock = threading.RLock()
         self._grouped = False  # inside group(): tx() is a savepoint
-        conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise ConfigError(f"{path}: SQLite refused WAL mode ({mode})")
-        # FULL: every commit fsyncs the WAL, so a segment answered OK is durable.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA recursive_triggers = ON")
-        migrations.apply(Database(conn))
 
     def close(self) -> None:
         with self._lock:

@@ -28,9 +28,7 @@ files or gigabytes are queued.
 from __future__ import annotations
 
 import builtins
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -43,9 +41,10 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from hashing import _sqlite
 from hashing.entries import INGEST, Entry, parse_time
 from hashing.errors import ConfigError, InputError
-from hashing.ledger import BUSY_TIMEOUT_MS, Ledger
+from hashing.ledger import Ledger
 from uploader.protocol import check_file_id
 
 log = logging.getLogger(__name__)
@@ -165,28 +164,9 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
-        if not path.exists():
-            path.touch(mode=0o600)  # design.md "State on disk": nothing world-readable
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ConfigError(f"{path}: SQLite refused WAL mode ({mode})")
-            # FULL: a confirmation or state change acknowledged here survives a power cut.
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            lock = path.with_name(path.name + ".lock")
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # two processes opening a new outbox at once
-                migrations.apply(Database(self._conn))
-            finally:
-                os.close(fd)
+            self._conn = _sqlite.connect(path, migrations)
         except sqlite3.Error as e:
-            self._conn.close()
             raise ConfigError(f"{path}: cannot open the outbox: {e}") from e
 
     @classmethod
