@@ -305,14 +305,8 @@ class Users:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, _sqlite.write(self._conn) as conn:
+            yield conn
 
     def _record(self, conn: sqlite3.Connection, body: Mapping[str, Any]) -> Entry:
         """Append the ``user`` entry (committed, durable) inside the open users.db

@@ -13,6 +13,8 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -58,3 +60,25 @@ def connect(path: Path, migrations: Migrations | None = None) -> sqlite3.Connect
         conn.close()
         raise
     return conn
+
+
+@contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (the caller holds its lock): ``BEGIN IMMEDIATE`` takes
+    the database's write lock at once, so another process waits rather than fails
+    midway; it returns after COMMIT (the WAL fsynced). On any error, or a failed
+    COMMIT, what is still open is rolled back and the error raised. Not nestable:
+    BEGIN raises if a transaction were left open."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:  # some errors have rolled it back already
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT may leave it open
+            conn.execute("ROLLBACK")
+        raise

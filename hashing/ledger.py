@@ -205,14 +205,8 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[LedgerTx]:
         """A durable write transaction; returns after COMMIT (WAL fsynced)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield LedgerTx(self, self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, _sqlite.write(self._conn):
+            yield LedgerTx(self, self._conn)
 
     def append(self, kind: str, body: Mapping[str, Any]) -> Entry:
         with self.transaction() as tx:

@@ -204,19 +204,8 @@ class ReceiverDB:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")  # raises if one were left open: never nested
-        try:
+        with _sqlite.write(self._conn):
             yield
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        try:
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:  # a failed COMMIT may leave it open
-                self._conn.execute("ROLLBACK")
-            raise
 
     def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._lock:
