@@ -12,7 +12,6 @@ import getpass
 import json
 import logging
 import os
-import pwd
 import signal
 import sys
 import threading
@@ -22,12 +21,31 @@ from datetime import datetime
 from pathlib import Path
 
 from agent import config, records, schema, uplink, wiring
+from agent.commands import (
+    access as access_commands,
+)
+from agent.commands import console_actor, open_station, station_home
+from agent.commands import (
+    exports as export_commands,
+)
+from agent.commands import (
+    holds as hold_commands,
+)
+from agent.commands import (
+    reports as report_commands,
+)
+from agent.commands import (
+    retention as retention_commands,
+)
+from agent.commands import (
+    spotcheck as spotcheck_commands,
+)
 from agent.daemon import STATUS_FILE
 from agent.demo import run_demo
 from agent.ingest import Binding, IngestResult, ingest_paths
 from agent.offload import OffloadSession
 from agent.roles import ROLES
-from agent.users import CONSOLE, Users, check_account
+from agent.users import Users, check_account
 from drivers.mounted import MountedDriver, mounted_device
 from hashing._fsutil import pid_alive
 from hashing.audit import audit
@@ -45,16 +63,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _home(args: argparse.Namespace) -> Path:
-    """--home, else $EVIDOCK_HOME, else the config file's [station] home."""
-    if args.home:
-        return Path(args.home)
-    if os.environ.get("EVIDOCK_HOME"):
-        return Path(os.environ["EVIDOCK_HOME"])
-    return config.load().home
+    return station_home(args)
 
 
 def _open(args: argparse.Namespace) -> Station:
-    return Station.open(_home(args))
+    return open_station(args)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -426,14 +439,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _console_actor() -> str:
-    """Who changes users from the command line: ``console:<unix user>``. Whoever
-    can run it on the machine can write the station folder: the trust anchor."""
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid{uid}"
-    return f"{CONSOLE}{name}"
+    return console_actor()
 
 
 def _new_secret(args: argparse.Namespace) -> str:
@@ -790,6 +796,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="afterwards keep the demo dock and its kiosk page running until Ctrl-C",
     )
     _user_and_config_parsers(sub, common)
+    # Records management under the regulation (Art. 15-20), one module each.
+    for part in (
+        retention_commands,
+        hold_commands,
+        export_commands,
+        access_commands,
+        spotcheck_commands,
+        report_commands,
+    ):
+        part.register(sub, add)
     return parser
 
 

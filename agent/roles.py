@@ -9,8 +9,10 @@ Threat-model decisions recorded here:
 
 - An officer sees only the devices and recordings bound to their own officer
   id (``officer_scope``); every other role that may look at recordings sees all.
-- Only supervisors tag (design.md step 6); only admins assign devices and
-  manage users. Admins manage the appliance, not evidence: they do not view or
+- Only supervisors tag (design.md step 6) and set long-term holds; only
+  admins assign devices, manage users and release holds (Art. 17: whoever
+  sets a hold cannot also lift it). The legal-affairs team (auditors) draws
+  spot checks and records findings (Art. 19). Admins manage the appliance, not evidence: they do not view or
   play footage, so a compromised admin account is not a window onto recordings.
 - Nobody deletes a recording (Art. 20 (2)): deletion happens only by the
   retention and wipe rules. ``delete`` is in the table so that this is visible,
@@ -39,8 +41,12 @@ ACTIONS: Mapping[str, str] = MappingProxyType(
         "view_devices": "list the device registry",
         "play": "play a recording in the page (among those you may see)",
         "tag": "bind recordings to a case, an act kind and a retention class",
-        "export": "export recordings with their proofs",
+        "export": "copy or export recordings with their proofs, for a stated purpose",
         "view_access_log": "read the access log: who viewed, played or exported what",
+        "hold": "put recordings or a case under a long-term hold (Art. 17)",
+        "release_hold": "release a long-term hold",
+        "spotcheck": "draw a spot-check sample and record findings (Art. 19)",
+        "report": "read conduct reports and statistics (Art. 20, Art. 3)",
         "assign_device": "bind a recorder to an officer",
         "manage_users": "add users, set passwords and PINs, disable users",
         "delete": "delete a recording (nobody: only the retention and wipe rules delete)",
@@ -50,9 +56,23 @@ ACTIONS: Mapping[str, str] = MappingProxyType(
 PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         OFFICER: frozenset({"view_own", "play"}),
-        SUPERVISOR: frozenset({"view_all", "view_devices", "play", "tag", "export"}),
-        AUDITOR: frozenset({"view_all", "view_devices", "play", "export", "view_access_log"}),
-        ADMIN: frozenset({"view_devices", "view_access_log", "assign_device", "manage_users"}),
+        SUPERVISOR: frozenset(
+            {"view_all", "view_devices", "play", "tag", "export", "hold", "report"}
+        ),
+        AUDITOR: frozenset(
+            {
+                "view_all",
+                "view_devices",
+                "play",
+                "export",
+                "view_access_log",
+                "spotcheck",
+                "report",
+            }
+        ),
+        ADMIN: frozenset(
+            {"view_devices", "view_access_log", "assign_device", "manage_users", "release_hold"}
+        ),
     }
 )
 

@@ -1,0 +1,100 @@
+"""Command-line glue shared by the `evidock` subcommands (agent.cli).
+
+Each module of this package adds the subcommands of one part of the regulation
+(retention, holds, access, spot checks, reports, exports) with ``register``;
+the logic lives in the agent module of the same name, so the kiosk and the
+command line do the same thing.
+
+Commands that act on evidence for a person (hold, export, play, spot checks,
+the access log, reports) run as a kiosk user: ``--user NAME`` with the PIN or
+password from ``--password-file`` (mode 0600) or asked at the terminal. The
+role table (agent.roles) decides, exactly as on the kiosk page, and the ledger
+entry names that user, not the Unix account (Art. 18: who, when, what, why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import pwd
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeAlias
+
+from agent import config
+from agent.roles import require
+from agent.users import CONSOLE, LoginError, User, Users
+from hashing.station import Station
+
+Handler = Callable[[argparse.Namespace], int]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class Add(Protocol):
+    """agent.cli's ``add``: a subcommand with the common options and a handler."""
+
+    def __call__(
+        self, name: str, handler: Handler, help_text: str, parent: Subparsers = ...
+    ) -> argparse.ArgumentParser: ...
+
+
+def station_home(args: argparse.Namespace) -> Path:
+    """--home, else $EVIDOCK_HOME, else the config file's [station] home."""
+    if getattr(args, "home", None):
+        return Path(args.home)
+    if os.environ.get("EVIDOCK_HOME"):
+        return Path(os.environ["EVIDOCK_HOME"])
+    return config.load().home
+
+
+def open_station(args: argparse.Namespace) -> Station:
+    return Station.open(station_home(args))
+
+
+def console_actor() -> str:
+    """``console:<unix user>``: who runs a maintenance command at the machine.
+    Whoever can run it there can write the station folder: the trust anchor."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"
+    return f"{CONSOLE}{name}"
+
+
+def add_user_options(p: argparse.ArgumentParser) -> None:
+    """--user and --password-file, for commands that act as a kiosk user."""
+    p.add_argument(
+        "--user",
+        required=True,
+        metavar="NAME",
+        help="the kiosk user acting (their role decides; the ledger entry names them)",
+    )
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read that user's PIN or password from this file (mode 0600) instead of asking",
+    )
+
+
+def acting_user(args: argparse.Namespace, station: Station, action: str) -> User:
+    """Log ``args.user`` in (the same checks, slow-down and lockout as the kiosk)
+    and require ``action`` of their role. Raises LoginError or
+    PermissionDeniedError (both InputError: exit code 2)."""
+    name: str = args.user
+    if args.password_file:
+        secret = config.read_secret(Path(args.password_file), "--password-file")
+    else:
+        secret = getpass.getpass(f"PIN or password of {name}: ")
+    users = Users(station)
+    try:
+        session = users.login(name, secret, source=console_actor())
+        users.logout(session.token)
+        user = users.get(name)
+    finally:
+        users.close()
+    if user is None:  # disabled or removed between the two reads
+        raise LoginError("login failed")
+    require(user, action)
+    return user

@@ -1,0 +1,9 @@
+"""`evidock` subcommands for spot checks (Art. 19)."""
+
+from __future__ import annotations
+
+from agent.commands import Add, Subparsers
+
+
+def register(sub: Subparsers, add: Add) -> None:
+    """Add this part's subcommands to ``sub``."""
