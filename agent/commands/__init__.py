@@ -6,7 +6,7 @@ the logic lives in the agent module of the same name, so the kiosk and the
 command line do the same thing.
 
 Commands that act on evidence for a person (hold, export, play, spot checks,
-the access log, reports) run as a kiosk user: ``--user NAME`` with the PIN or
+the access log, reports) run as a kiosk user: ``--as NAME`` with the PIN or
 password from ``--password-file`` (mode 0600) or asked at the terminal. The
 role table (agent.roles) decides, exactly as on the kiosk page, and the ledger
 entry names that user, not the Unix account (Art. 18: who, when, what, why).
@@ -64,9 +64,11 @@ def console_actor() -> str:
 
 
 def add_user_options(p: argparse.ArgumentParser) -> None:
-    """--user and --password-file, for commands that act as a kiosk user."""
+    """--as and --password-file, for commands that act as a kiosk user. (``--as``,
+    not ``--user``: `evidock access log --user U` filters by user.)"""
     p.add_argument(
-        "--user",
+        "--as",
+        dest="acting_as",
         required=True,
         metavar="NAME",
         help="the kiosk user acting (their role decides; the ledger entry names them)",
@@ -79,10 +81,10 @@ def add_user_options(p: argparse.ArgumentParser) -> None:
 
 
 def acting_user(args: argparse.Namespace, station: Station, action: str) -> User:
-    """Log ``args.user`` in (the same checks, slow-down and lockout as the kiosk)
+    """Log ``args.acting_as`` in (the same checks, slow-down and lockout as the kiosk)
     and require ``action`` of their role. Raises LoginError or
     PermissionDeniedError (both InputError: exit code 2)."""
-    name: str = args.user
+    name: str = args.acting_as
     if args.password_file:
         secret = config.read_secret(Path(args.password_file), "--password-file")
     else:
