@@ -1,9 +1,413 @@
-"""`evidock` subcommands for spot checks (Art. 19)."""
+"""`evidock spotcheck` subcommands (Art. 19).
+
+``draw`` and ``finding`` act on the record and need the ``spotcheck`` action
+(auditors). ``list``, ``show`` and ``report`` read it and need ``report``
+(supervisors and auditors): reading spot-check results is part of the conduct
+reporting of Art. 20, and every role allowed ``spotcheck`` is allowed
+``report`` (tests/unit/agent/test_spotcheck.py keeps it so). ``recompute``
+needs no station and no user: it is the auditor's own check of a draw from a
+checkpoint and the ledger entries.
+"""
 
 from __future__ import annotations
 
-from agent.commands import Add, Subparsers
+import argparse
+import json
+import sys
+from datetime import timezone
+from pathlib import Path
+
+from agent import spotcheck
+from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
+from agent.reports import Period, csv_text, default_tz, parse_bound, parse_tz
+from hashing.errors import EvidockError, InputError
+from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE
+from hashing.note import NoteVerifier
+
+REPORT_COLUMNS = (
+    "draw",
+    "time",
+    "by",
+    "officer",
+    "from",
+    "to",
+    "percent",
+    "population",
+    "sample",
+    "reviewed",
+    "not_reviewed",
+    "dropped_by_redraw",
+    *spotcheck.RESULTS,
+    "amendments",
+    "redraw_of",
+    "reason",
+    "redrawn_by",
+)
+
+
+def _tz(args: argparse.Namespace) -> timezone:
+    return parse_tz(args.tz) if args.tz else default_tz()
+
+
+def _criteria(args: argparse.Namespace) -> spotcheck.Criteria:
+    tz = _tz(args)
+    start = parse_bound(args.start, tz, end=False, option="--from") if args.start else None
+    end = parse_bound(args.end, tz, end=True, option="--to") if args.end else None
+    return spotcheck.Criteria(args.percent, args.officer, start, end)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=1))
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    criteria = _criteria(args)
+    station = open_station(args)
+    user = acting_user(args, station, "spotcheck")
+    entry = spotcheck.draw(station, user, criteria, redraw_reason=args.redraw_reason)
+    body = entry.body
+    if args.json:
+        _print_json({"draw": entry.seq, **body})
+        return EXIT_OK
+    redraw = (
+        f"; REDRAW of draw {body['redraw_of']}: {body['reason']}"
+        if body["redraw_of"] is not None
+        else ""
+    )
+    print(
+        f"draw {entry.seq}: {len(body['sample'])} of {body['population']} recording(s) "
+        f"({criteria.describe()}), from checkpoint size {body['size']} root {body['root']}{redraw}"
+    )
+    for rank, sha in enumerate(body["sample"], 1):
+        print(f"  {rank:>3}  {sha}")
+    print(
+        f'play each with `evidock play SHA256 --purpose "spot check {entry.seq}" --as {user.name}`, '
+        f"then `evidock spotcheck finding {entry.seq} SHA256 --result RESULT --note TEXT --as {user.name}`"
+    )
+    return EXIT_OK
+
+
+def cmd_finding(args: argparse.Namespace) -> int:
+    station = open_station(args)
+    user = acting_user(args, station, "spotcheck")
+    entry = spotcheck.record_finding(station, user, args.draw, args.sha256, args.result, args.note)
+    amended = [
+        f
+        for f in spotcheck.review(station).findings.get((args.draw, args.sha256), [])
+        if f.seq == entry.seq and f.amends is not None
+    ]
+    what = f" (amends finding {amended[0].amends})" if amended else ""
+    print(f"finding {entry.seq}: {args.sha256} of draw {args.draw} is {args.result}{what}")
+    return EXIT_OK
+
+
+def _reader(args: argparse.Namespace) -> spotcheck.Review:
+    station = open_station(args)
+    acting_user(args, station, "report")
+    return spotcheck.review(station)
+
+
+def _line(p: spotcheck.Progress) -> str:
+    d = p.draw
+    text = (
+        f"{d.seq:>6}  {d.time[:19]}  {d.by:<12} {len(d.sample):>4} of {d.population:<6} "
+        f"reviewed {p.reviewed:>4}  not reviewed {p.not_reviewed:>4}  {d.criteria.describe()}"
+    )
+    if d.redraw_of is not None:
+        text += f"\n        REDRAW of draw {d.redraw_of}: {d.reason}"
+    if p.redrawn_by:
+        text += f"\n        REDRAWN by draw(s) {', '.join(map(str, p.redrawn_by))}; {p.dropped} clip(s) dropped unreviewed"
+    return text
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    progress = _reader(args).all_progress()
+    if args.json:
+        rows = [{k: v for k, v in p.as_dict().items() if k != "clips"} for p in progress]
+        _print_json(rows)
+        return EXIT_OK
+    print(f"{'DRAW':>6}  {'TIME (UTC)':<19}  {'BY':<12} SAMPLE")
+    for p in progress:
+        print(_line(p))
+    if not progress:
+        print(
+            "no spot-check draws yet; draw one with `evidock spotcheck draw --percent P --as USER`"
+        )
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    p = _reader(args).progress(args.draw)
+    if args.json:
+        _print_json(p.as_dict())
+        return EXIT_OK
+    print(_line(p))
+    print(f"        checkpoint size {p.draw.size}, root {p.draw.root}")
+    for c in p.clips:
+        print(f"  {c.rank:>3}  {c.sha256}  {c.status}")
+        for play in c.plays:
+            print(f"         played by {play.user} (entry {play.seq}, {play.time})")
+        for f in c.findings:
+            amends = f", amends {f.amends}" if f.amends is not None else ""
+            print(f"         finding {f.result} by {f.by} (entry {f.seq}{amends}): {f.note}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    tz = _tz(args)
+    period = Period.parse(args.start, args.end, tz)
+    review = _reader(args)
+    chosen = [
+        p
+        for p in review.all_progress()
+        if period.contains(parse_bound(p.draw.time, tz, end=False, option="draw time"))
+    ]
+    rows = []
+    for p in chosen:
+        d = p.as_dict()
+        rows.append(
+            [
+                d["draw"],
+                d["time"],
+                d["by"],
+                d["officer"],
+                d["from"],
+                d["to"],
+                d["percent"],
+                d["population"],
+                d["sample"],
+                d["reviewed"],
+                d["not_reviewed"],
+                d["dropped_by_redraw"],
+                *(d["results"][r] for r in spotcheck.RESULTS),
+                d["amendments"],
+                d["redraw_of"],
+                d["reason"],
+                " ".join(map(str, d["redrawn_by"])),
+            ]
+        )
+    totals = {
+        "draws": len(chosen),
+        "redraws": sum(1 for p in chosen if p.draw.redraw_of is not None),
+        "sampled": sum(len(p.draw.sample) for p in chosen),
+        "reviewed": sum(p.reviewed for p in chosen),
+        "not_reviewed": sum(p.not_reviewed for p in chosen),
+        "dropped_by_redraw": sum(p.dropped for p in chosen),
+        **{r: sum(p.results()[r] for p in chosen) for r in spotcheck.RESULTS},
+    }
+    if args.csv:
+        Path(args.csv).write_text(csv_text(REPORT_COLUMNS, rows), encoding="utf-8")
+    if args.json:
+        _print_json(
+            {
+                "from": period.start.isoformat(),
+                "to": period.end.isoformat(),
+                "totals": totals,
+                "draws": [dict(zip(REPORT_COLUMNS, row, strict=True)) for row in rows],
+            }
+        )
+        return EXIT_OK
+    print(f"spot checks drawn {period.label}")
+    print("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in totals.items()))
+    for p in chosen:
+        print(_line(p))
+    return EXIT_OK
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise _UnverifiableError(f"{what} {path}: cannot read: {e.strerror}") from e
+
+
+class _UnverifiableError(EvidockError):
+    """The auditor's inputs cannot be read: exit code 3."""
+
+
+def cmd_recompute(args: argparse.Namespace) -> int:
+    try:
+        return _recompute(args)
+    except _UnverifiableError as e:
+        print(f"evidock: {e}", file=sys.stderr)
+        return EXIT_UNVERIFIABLE
+
+
+def _recompute(args: argparse.Namespace) -> int:
+    entries = spotcheck.parse_entries(_read(args.entries, "--entries").splitlines())
+    keys = []
+    for value in args.key or ():
+        text = _read(value, "--key").decode() if Path(value).exists() else value
+        keys += [NoteVerifier.parse(line) for line in text.splitlines() if line.strip()]
+    recorded = None
+    if args.draw is not None:
+        if args.percent or args.officer or args.start or args.end:
+            raise InputError(
+                "--draw takes the criteria from the draw entry; leave out --percent, --officer, --from and --to"
+            )
+        if not 0 <= args.draw < len(entries) or entries[args.draw].type != spotcheck.DRAW:
+            raise InputError(f"entry {args.draw} of {args.entries} is not a spot-check draw")
+        recorded = spotcheck.Draw.of(entries[args.draw])
+        criteria = recorded.criteria
+        note = (
+            _read(args.checkpoint, "--checkpoint").decode()
+            if args.checkpoint
+            else recorded.checkpoint
+        )
+    else:
+        if not args.percent or not args.checkpoint:
+            raise InputError(
+                "give --checkpoint FILE and --percent P (or --draw SEQ to check a recorded draw)"
+            )
+        criteria = _criteria(args)
+        note = _read(args.checkpoint, "--checkpoint").decode()
+    checkpoint = spotcheck.open_checkpoint(note, keys)
+    result = spotcheck.recompute(entries, checkpoint, criteria)
+    problems = []
+    if recorded is not None:
+        if (recorded.size, recorded.root) != (result.size, result.root):
+            problems.append(
+                f"draw {recorded.seq} names checkpoint size {recorded.size} root {recorded.root}, "
+                f"the checkpoint given is size {result.size} root {result.root}"
+            )
+        if recorded.population != result.population:
+            problems.append(
+                f"draw {recorded.seq} records a population of {recorded.population}, recomputed {result.population}"
+            )
+        if recorded.sample != result.sample:
+            problems.append(f"draw {recorded.seq} records a different sample than the rule gives")
+    if args.json:
+        _print_json(
+            {
+                "rule": spotcheck.RULE,
+                **criteria.as_body(),
+                "size": result.size,
+                "root": result.root,
+                "population": result.population,
+                "sample": list(result.sample),
+                "signature_checked": bool(keys),
+                "draw": None if recorded is None else recorded.seq,
+                "matches": None if recorded is None else not problems,
+                "problems": problems,
+            }
+        )
+    else:
+        print(
+            f"{spotcheck.RULE}: {len(result.sample)} of {result.population} recording(s) "
+            f"({criteria.describe()}) from checkpoint size {result.size} root {result.root}"
+            + ("" if keys else " (signature not checked: give --key to check it)")
+        )
+        for rank, sha in enumerate(result.sample, 1):
+            print(f"  {rank:>3}  {sha}")
+        if recorded is not None:
+            print(
+                f"draw {recorded.seq}: " + ("; ".join(problems) if problems else "matches the rule")
+            )
+    return EXIT_INTEGRITY if problems else EXIT_OK
+
+
+def _period_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=required,
+        metavar="TIME",
+        help="a date (its local day's start) or an RFC 3339 time, e.g. 2024-05-01T08:00:00+08:00",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        required=required,
+        metavar="TIME",
+        help="exclusive end time, or a date (that whole day included)",
+    )
+    p.add_argument(
+        "--tz",
+        metavar="OFFSET",
+        help="zone of dates and of times without one, e.g. +08:00 (default: [offload] utc_offset_minutes)",
+    )
 
 
 def register(sub: Subparsers, add: Add) -> None:
     """Add this part's subcommands to ``sub``."""
+    group = sub.add_parser(
+        "spotcheck", help="Art. 19 spot checks: draw a sample, record findings, report"
+    ).add_subparsers(dest="spotcheck_command", required=True, metavar="ACTION")
+
+    p = add(
+        "draw",
+        cmd_draw,
+        "draw a sample nobody can steer, from the latest signed checkpoint (auditors)",
+        group,
+    )
+    p.add_argument("--percent", required=True, metavar="P", help="share to sample, e.g. 5 or 2.5")
+    p.add_argument("--officer", metavar="ID", help="only this officer's recordings")
+    _period_options(p, required=False)
+    p.add_argument(
+        "--redraw-reason",
+        metavar="TEXT",
+        help="why a period already drawn is drawn again (required then; shown in every report)",
+    )
+    p.add_argument("--json", action="store_true")
+    add_user_options(p)
+
+    p = add(
+        "finding",
+        cmd_finding,
+        "record what a sampled recording shows, after playing it (auditors)",
+        group,
+    )
+    p.add_argument("draw", type=int, metavar="DRAW", help="the draw's entry number")
+    p.add_argument("sha256", metavar="SHA256")
+    p.add_argument("--result", required=True, choices=spotcheck.RESULTS)
+    p.add_argument(
+        "--note", metavar="TEXT", help="what was seen (required for conduct_issue and incomplete)"
+    )
+    add_user_options(p)
+
+    p = add("list", cmd_list, "every draw with its progress; redraws marked", group)
+    p.add_argument("--json", action="store_true")
+    add_user_options(p)
+
+    p = add("show", cmd_show, "one draw: its sample, who played what, the findings", group)
+    p.add_argument("draw", type=int, metavar="DRAW")
+    p.add_argument("--json", action="store_true")
+    add_user_options(p)
+
+    p = add(
+        "report",
+        cmd_report,
+        "draws made in a period: samples, reviewed / not reviewed, findings, redraws",
+        group,
+    )
+    _period_options(p, required=True)
+    p.add_argument("--csv", metavar="FILE", help="also write one row per draw to this CSV file")
+    p.add_argument("--json", action="store_true")
+    add_user_options(p)
+
+    p = add(
+        "recompute",
+        cmd_recompute,
+        "recompute a sample offline from a checkpoint and `evidock ledger entries` output",
+        group,
+    )
+    p.add_argument(
+        "--entries", required=True, metavar="FILE", help="`evidock ledger entries` output"
+    )
+    p.add_argument("--checkpoint", metavar="FILE", help="the signed checkpoint note")
+    p.add_argument(
+        "--key",
+        action="append",
+        metavar="KEY",
+        help="verifier key (or a file holding one) to check the checkpoint's signature",
+    )
+    p.add_argument(
+        "--draw",
+        type=int,
+        metavar="SEQ",
+        help="check a recorded draw: its criteria and checkpoint from its entry; exit 1 if it differs",
+    )
+    p.add_argument("--percent", metavar="P")
+    p.add_argument("--officer", metavar="ID")
+    _period_options(p, required=False)
+    p.add_argument("--json", action="store_true")

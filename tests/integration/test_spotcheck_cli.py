@@ -1,0 +1,414 @@
+"""`evidock spotcheck` through main([...]) on a real station: the sample is
+recomputed here with nothing but hashlib from `evidock ledger entries` and the
+checkpoint note, redraws and findings stay on the record, roles hold."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from agent.access import record_access
+from agent.cli import main
+from agent.users import User
+from hashing.station import Station
+from tests.unit.agent.test_spotcheck import OFFICER_A, OFFICER_B, SECRET, add_users, ingest_at
+
+ROOT = Path(__file__).parents[2]
+START = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+@dataclass
+class Dock:
+    station: Station
+    users: dict[str, User]
+    secret: Path
+    shas: dict[str, list[str]]
+
+    @property
+    def home(self) -> Path:
+        return self.station.home
+
+    def run(
+        self, capsys: pytest.CaptureFixture[str], *argv: str, user: str | None = None
+    ) -> tuple[int, str, str]:
+        extra = ["--as", user, "--password-file", str(self.secret)] if user else []
+        code = main([*argv, "--home", str(self.home), *extra])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def size(self) -> int:
+        return self.station.ledger.size()
+
+
+@pytest.fixture
+def dock(tmp_path: Path) -> Iterator[Dock]:
+    station = Station.init(tmp_path / "home", "dock-01")
+    users = add_users(station)
+    times = [START + timedelta(hours=3 * i) for i in range(20)]
+    shas = {
+        OFFICER_A: ingest_at(
+            station, tmp_path / "a", officer=OFFICER_A, device="CAM-A", times=times, seed=1
+        ),
+        OFFICER_B: ingest_at(
+            station, tmp_path / "b", officer=OFFICER_B, device="CAM-B", times=times[:10], seed=2
+        ),
+    }
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    yield Dock(station, users, secret, shas)
+    station.close()
+
+
+def ledger_entries(home: Path) -> bytes:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/evidock"), "ledger", "entries", "--home", str(home)],
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+# An auditor's own RFC 9162 tree hash and the rule, with hashlib alone.
+def _mth(leaves: list[bytes]) -> bytes:
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _mth(leaves[:k]) + _mth(leaves[k:])).digest()
+
+
+def independent_sample(
+    raw: bytes,
+    note: str,
+    percent: str,
+    officer: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[int, list[str]]:
+    body_lines = note.split("\n\n", maxsplit=1)[0].split("\n")
+    size, root = int(body_lines[1]), base64.b64decode(body_lines[2])
+    lines = raw.split(b"\n")[:-1]
+    assert _mth([hashlib.sha256(b"\x00" + line).digest() for line in lines[:size]]) == root
+    population = set()
+    for line in lines[:size]:
+        entry = json.loads(line)
+        if entry["type"] != "ingest":
+            continue
+        body = entry["body"]
+        when = datetime.fromisoformat(
+            (body.get("recorded_at") or body["source_mtime"]).replace("Z", "+00:00")
+        )
+        if officer is not None and body["officer"] != officer:
+            continue
+        if (start is not None and when < start) or (end is not None and when >= end):
+            continue
+        population.add(body["sha256"])
+    k = math.ceil(Decimal(percent) * len(population) / 100)
+    ranked = sorted(
+        population,
+        key=lambda d: hashlib.sha256(b"evidock spotcheck v1\n" + root + bytes.fromhex(d)).digest(),
+    )
+    return len(population), ranked[:k]
+
+
+def test_the_drawn_sample_is_what_anyone_recomputes(
+    dock: Dock, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = dock.run(
+        capsys,
+        "spotcheck",
+        "draw",
+        "--percent",
+        "12.5",
+        "--officer",
+        OFFICER_A,
+        "--from",
+        "2024-05-01T06:00:00Z",
+        "--to",
+        "2024-05-03",
+        "--tz",
+        "+08:00",
+        "--json",
+        user="audrey",
+    )
+    assert code == 0, err
+    drawn = json.loads(out)
+    raw = ledger_entries(dock.home)
+    # --to 2024-05-03 in +08:00 includes that day: up to 2024-05-03T16:00Z.
+    n, sample = independent_sample(
+        raw,
+        drawn["checkpoint"],
+        "12.5",
+        OFFICER_A,
+        datetime(2024, 5, 1, 6, tzinfo=UTC),
+        datetime(2024, 5, 3, 16, tzinfo=UTC),
+    )
+    assert n == drawn["population"] == 20 - 2  # hours 0 and 3 are before 06:00
+    assert sample == drawn["sample"] and len(sample) == 3
+    assert drawn["size"] == int(drawn["checkpoint"].split("\n")[1])
+    # The checkpoint is one the dock signed and published.
+    assert drawn["checkpoint"] in [note for _, note, _ in dock.station.ledger.checkpoints()]
+
+    entries, checkpoint = tmp_path / "entries.jsonl", tmp_path / "checkpoint.txt"
+    entries.write_bytes(raw)
+    checkpoint.write_text(drawn["checkpoint"])
+    key = tmp_path / "station.vkey"
+    key.write_text(dock.station.keys.load().verifier.vkey)
+    code, out, err = dock.run(
+        capsys,
+        "spotcheck",
+        "recompute",
+        "--entries",
+        str(entries),
+        "--checkpoint",
+        str(checkpoint),
+        "--key",
+        str(key),
+        "--percent",
+        "12.5",
+        "--officer",
+        OFFICER_A,
+        "--from",
+        "2024-05-01T06:00:00Z",
+        "--to",
+        "2024-05-03",
+        "--tz",
+        "+08:00",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["sample"] == sample
+    assert json.loads(out)["signature_checked"] is True
+    code, out, err = dock.run(
+        capsys, "spotcheck", "recompute", "--entries", str(entries), "--draw", str(drawn["draw"])
+    )
+    assert code == 0, err
+    assert f"draw {drawn['draw']}: matches the rule" in out
+    # An entry changed after the fact: the entries no longer match the checkpoint.
+    lines = raw.split(b"\n")
+    i = next(i for i, line in enumerate(lines) if b'"type":"ingest"' in line)
+    lines[i] = lines[i].replace(OFFICER_A.encode(), OFFICER_B.encode())
+    entries.write_bytes(b"\n".join(lines))
+    code, _, err = dock.run(
+        capsys, "spotcheck", "recompute", "--entries", str(entries), "--draw", str(drawn["draw"])
+    )
+    assert code == 1
+    assert "do not match the checkpoint" in err
+    code, _, err = dock.run(
+        capsys, "spotcheck", "recompute", "--entries", str(tmp_path / "nope"), "--draw", "1"
+    )
+    assert code == 3 and "cannot read" in err
+
+
+def test_a_redraw_is_refused_without_a_reason_and_shows_everywhere(
+    dock: Dock, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = dock.run(capsys, "spotcheck", "draw", "--percent", "20", "--json", user="audrey")
+    assert code == 0
+    first = json.loads(out)
+    size = dock.size()
+    code, _, err = dock.run(
+        capsys, "spotcheck", "draw", "--percent", "20", "--officer", OFFICER_A, user="aubrey"
+    )
+    assert code == 2
+    assert f"overlaps earlier draw(s) {first['draw']} " in err and "--redraw-reason" in err
+    assert dock.size() == size
+    code, out, err = dock.run(
+        capsys,
+        "spotcheck",
+        "draw",
+        "--percent",
+        "20",
+        "--officer",
+        OFFICER_A,
+        "--redraw-reason",
+        "wanted officer A only",
+        "--json",
+        user="aubrey",
+    )
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["redraw_of"] == first["draw"] and second["reason"] == "wanted officer A only"
+    assert (
+        json.loads(dock.station.ledger.entry(second["draw"]).raw)["body"]["redraw_of"]
+        == first["draw"]
+    )
+
+    code, out, _ = dock.run(capsys, "spotcheck", "list", user="sam")
+    assert code == 0
+    assert f"REDRAW of draw {first['draw']}: wanted officer A only" in out
+    assert f"REDRAWN by draw(s) {second['draw']}" in out
+    code, out, _ = dock.run(capsys, "spotcheck", "show", str(first["draw"]), user="audrey")
+    dropped = [s for s in first["sample"] if s not in second["sample"]]
+    assert dropped
+    for sha in dropped:
+        assert f"{sha}  not reviewed (dropped by redraw {second['draw']})" in out
+    today = datetime.now(UTC).date()
+    report_csv = tmp_path / "spot.csv"
+    code, out, _ = dock.run(
+        capsys,
+        "spotcheck",
+        "report",
+        "--from",
+        str(today - timedelta(days=1)),
+        "--to",
+        str(today + timedelta(days=1)),
+        "--tz",
+        "Z",
+        "--csv",
+        str(report_csv),
+        "--json",
+        user="sam",
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert report["totals"]["draws"] == 2 and report["totals"]["redraws"] == 1
+    assert report["totals"]["dropped_by_redraw"] == len(dropped)
+    assert report["totals"]["sampled"] == len(first["sample"]) + len(second["sample"])
+    text = report_csv.read_text()
+    assert text.splitlines()[0].startswith(
+        "draw,time,by,officer,from,to,percent,population,sample,reviewed"
+    )
+    assert "wanted officer A only" in text
+
+
+def test_findings_need_playback_by_the_reviewer(
+    dock: Dock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = dock.run(
+        capsys,
+        "spotcheck",
+        "draw",
+        "--percent",
+        "10",
+        "--officer",
+        OFFICER_B,
+        "--json",
+        user="audrey",
+    )
+    draw = json.loads(out)
+    clip = draw["sample"][0]
+    size = dock.size()
+    finding = [
+        "spotcheck",
+        "finding",
+        str(draw["draw"]),
+        clip,
+        "--result",
+        "conduct_issue",
+        "--note",
+        "officer shouts",
+    ]
+    code, _, err = dock.run(capsys, *finding, user="audrey")
+    assert code == 2
+    assert f'evidock play {clip} --purpose "spot check {draw["draw"]}" --as audrey' in err
+    record_access(dock.station, dock.users["aubrey"], "play", [clip], f"spot check {draw['draw']}")
+    code, _, err = dock.run(capsys, *finding, user="audrey")
+    assert code == 2 and "has not played" in err
+    assert dock.size() == size + 1  # only aubrey's playback
+    play = record_access(
+        dock.station, dock.users["audrey"], "play", [clip], f"spot check {draw['draw']}"
+    )
+    code, out, err = dock.run(capsys, *finding, user="audrey")
+    assert code == 0, err
+    entry = json.loads(dock.station.ledger.entry(dock.size() - 1).raw)
+    assert entry["type"] == "spotcheck_finding"
+    assert entry["body"] == {
+        "draw": draw["draw"],
+        "sha256": clip,
+        "result": "conduct_issue",
+        "note": "officer shouts",
+        "by": "audrey",
+        "played": play.seq,
+    }
+    code, out, _ = dock.run(
+        capsys, *finding[:-1], "officer shouts; apologises at 03:10", user="audrey"
+    )
+    assert code == 0 and f"amends finding {entry['seq']}" in out
+    code, out, _ = dock.run(capsys, "spotcheck", "show", str(draw["draw"]), "--json", user="audrey")
+    shown = json.loads(out)
+    assert shown["reviewed"] == 1 and shown["amendments"] == 1
+    assert [p["user"] for p in shown["clips"][0]["plays"]] == ["aubrey", "audrey"]
+
+
+@pytest.mark.parametrize("name", ["olive", "sam", "adam"])
+def test_only_auditors_draw_and_record_findings(
+    dock: Dock, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    code, out, _ = dock.run(capsys, "spotcheck", "draw", "--percent", "10", "--json", user="audrey")
+    draw = json.loads(out)
+    size = dock.size()
+    code, _, err = dock.run(
+        capsys, "spotcheck", "draw", "--percent", "5", "--officer", "X", user=name
+    )
+    assert code == 2 and "may not spotcheck" in err
+    code, _, err = dock.run(
+        capsys,
+        "spotcheck",
+        "finding",
+        str(draw["draw"]),
+        draw["sample"][0],
+        "--result",
+        "ok",
+        user=name,
+    )
+    assert code == 2 and "may not spotcheck" in err
+    assert [
+        t
+        for (t,) in dock.station.ledger.execute("SELECT type FROM entries WHERE seq >= ?", (size,))
+    ] == []
+    code, _, err = dock.run(capsys, "spotcheck", "list", user=name)
+    assert (code == 0) == (name == "sam"), err
+
+
+def test_a_wrong_password_is_refused(
+    dock: Dock, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password 9")
+    wrong.chmod(0o600)
+    code = main(
+        [
+            "spotcheck",
+            "draw",
+            "--percent",
+            "5",
+            "--home",
+            str(dock.home),
+            "--as",
+            "audrey",
+            "--password-file",
+            str(wrong),
+        ]
+    )
+    assert code == 2
+    assert not list(dock.station.ledger.entries_of_type("spotcheck_draw"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["spotcheck", "draw"],
+        ["spotcheck", "finding"],
+        ["spotcheck", "list"],
+        ["spotcheck", "show"],
+        ["spotcheck", "report"],
+        ["spotcheck", "recompute"],
+    ],
+    ids=" ".join,
+)
+def test_every_spotcheck_command_has_help(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: evidock" in out and "--home" in out
