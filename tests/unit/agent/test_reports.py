@@ -515,9 +515,9 @@ def test_one_read_of_the_ledger_serves_every_officer(
     assert len(calls) == len(set(calls))
 
 
-def test_ten_thousand_recordings_report_in_seconds(tmp_path: Path) -> None:
-    import time as clock
-
+def test_ten_thousand_recordings_all_counted(tmp_path: Path) -> None:
+    """Every recording of a busy station is counted once (the speed is measured in
+    bench/records.py, not timed here)."""
     station = Station.init(tmp_path / "home", "dock-01")
     start = datetime(2024, 5, 1, tzinfo=UTC)
     with station.ledger.transaction() as tx:
@@ -534,11 +534,11 @@ def test_ten_thousand_recordings_report_in_seconds(tmp_path: Path) -> None:
                 },
             )
     period = reports.Period.parse("2024-05-01", "2024-06-30", TZ)
-    began = clock.monotonic()
     facts = reports.load_facts(station)
-    for officer in reports.officers_in(facts, period):
-        reports.conduct_rows(reports.conduct(facts, officer, period))
-    reports.stats(facts, period, "day")
-    assert clock.monotonic() - began < 10
+    per_officer = [
+        reports.conduct(facts, officer, period) for officer in reports.officers_in(facts, period)
+    ]
+    assert sum(r.total.value for r in per_officer) == 10_000
+    assert sum(r["recordings"] for r in reports.stats(facts, period, "day")) == 10_000
     assert sum(r["recordings"] for r in reports.stats(facts, period, "officer")) == 10_000
     station.close()
