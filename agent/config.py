@@ -24,7 +24,7 @@ from hashing.station import DEFAULT_HOME
 
 SYSTEM_CONFIG = Path("/etc/evidock/evidock.toml")
 
-# section -> key -> (kind, default); kinds: str, int, bool, "list[str]", "list[table]"
+# section -> key -> (kind, default); kinds: str, int, bool, "list[str]", "list[table]", "table"
 SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "station": {"home": (str, str(DEFAULT_HOME))},
     "checkpoint": {"interval_s": (int, 300)},
@@ -76,6 +76,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "stations": ("list[table]", []),
         "max_transfers_per_station": (int, 64),
         "max_spool_mb_per_station": (int, 65536),
+    },
+    "retention": {
+        "routine_days": (int, 365),
+        "grace_days": (int, 30),
+        "evidence_days": ("table", {}),
+        "default_case_type": (str, ""),
     },
     "kiosk": {
         "address": (str, "127.0.0.1"),
@@ -130,6 +136,37 @@ def _one_of(choices: tuple[str, ...]) -> Rule:
     return rule
 
 
+# Case types are case-file kinds ("penalty", "刑事"): 1-64 printable characters.
+_CASE_TYPE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+PERMANENT = "permanent"  # evidence_days value: the case file is kept for ever
+
+
+def _case_type_problem(name: str) -> str | None:
+    if not _CASE_TYPE.fullmatch(name) or name != name.strip():
+        return f"case type {name!r}: use 1-64 printable characters, no surrounding spaces"
+    return None
+
+
+def _evidence_days(value: Any) -> str | None:
+    """Case type -> days (a whole number, at least 1) or "permanent"."""
+    for name, days in value.items():
+        problem = _case_type_problem(name)
+        if problem is not None:
+            return problem
+        if days == PERMANENT:
+            continue
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            return (
+                f"case type {name!r}: {days!r} is neither a number of days (at least 1) "
+                f'nor "{PERMANENT}"'
+            )
+    return None
+
+
+def _case_type(value: Any) -> str | None:
+    return None if value == "" else _case_type_problem(value)
+
+
 def _port(value: Any) -> str | None:
     return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
 
@@ -150,6 +187,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("offload", "wipe"): _one_of(("never", "after_verified", "after_receipt")),
     ("offload", "max_sessions"): _at_least(1),
     ("mqtt", "port"): _port,
+    # Art. 16: routine footage is kept at least one year.
+    ("retention", "routine_days"): _at_least(365),
+    ("retention", "evidence_days"): _evidence_days,
+    ("retention", "default_case_type"): _case_type,
     ("kiosk", "address"): _ip_address,
     ("kiosk", "port"): _port,
     ("kiosk", "session_minutes"): _at_least(1),
@@ -166,6 +207,9 @@ def _kind_problem(kind: Any, value: Any) -> str | None:
     elif kind == "list[table]":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             return 'must be a list of tables, e.g. [{ layout = "DCIM" }]'
+    elif kind == "table":
+        if not isinstance(value, dict):
+            return 'must be a table, e.g. { penalty = 10950, criminal = "permanent" }'
     elif kind is bool:
         if not isinstance(value, bool):
             return "must be true or false"
@@ -427,6 +471,18 @@ def _deeper(cfg: Config, skip: set[str | None]) -> Iterator[tuple[str, str | Non
             uplink.receiver_settings(cfg)
         except ConfigError as e:
             yield tidy("receiver", e, default="stations")
+    default_type = cfg.get("retention", "default_case_type")
+    if (
+        "retention" not in skip
+        and default_type
+        and default_type not in cfg.get("retention", "evidence_days")
+    ):
+        yield (
+            "retention",
+            "default_case_type",
+            f"{default_type!r} is not a case type of evidence_days; evidence of an unknown "
+            "case type would be kept permanently: add it to evidence_days or leave this empty",
+        )
     for section, key in FILE_KEYS:
         name = cfg.get(section, key)
         if section in skip or not name:

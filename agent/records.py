@@ -12,14 +12,19 @@ import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from agent import schema
+from agent import config, schema
+from agent import retention as ret
 from agent.story import key_of
 from hashing.entries import Entry
 from hashing.errors import InputError
+from hashing.retention import Policy
 from hashing.station import Station
+
+if TYPE_CHECKING:
+    from agent.holds import Hold
 
 DEVICE_ASSIGN = "device_assign"
 TAG = "tag"
@@ -107,10 +112,19 @@ def tag(
     retention: str = "routine",
     reason: str | None = None,
     by: str | None = None,
+    case_type: str | None = None,
 ) -> Entry:
-    """Bind recordings to a case, an act kind and a retention class (design.md step 6)."""
+    """Bind recordings to a case, an act kind and a retention class (design.md step 6).
+
+    ``case_type`` names the kind of case file (e.g. "penalty"): evidence is kept
+    as long as that type's period in [retention] evidence_days (Art. 16). It is
+    written into the body only when given, so older tags keep their shape.
+    Raises InputError for bad ids, kinds, classes or digests not in the ledger.
+    """
     _ensure(station)
     check_id(case, "case")
+    if case_type is not None:
+        check_id(case_type, "case type")
     if kind not in ACT_KINDS:
         raise InputError(f"act kind {kind!r}: choose one of {', '.join(ACT_KINDS)}")
     if retention not in RETENTION_CLASSES:
@@ -138,6 +152,8 @@ def tag(
         "reason": reason,
         "by": by,
     }
+    if case_type is not None:
+        body["case_type"] = case_type
     with station.ledger.transaction() as tx:
         entry = tx.append(TAG, body)
         tx.conn.executemany(
@@ -201,8 +217,18 @@ def record_wipe(station: Station, body: Mapping[str, Any]) -> Entry:
     return entry
 
 
-def show(station: Station, sha256: str) -> dict[str, Any]:
-    """Everything the dock knows of one recording (for `evidock show`)."""
+def show(
+    station: Station,
+    sha256: str,
+    *,
+    policy: Policy | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything the dock knows of one recording (for `evidock show`), with its
+    retention class, earliest purge date, holds and purge under ``policy``
+    (default: the configuration's [retention]) at ``now`` (default: the clock).
+    Raises InputError if the digest is not in the ledger, ConfigError if the
+    configuration cannot be read."""
     _ensure(station)
     rows = station.ledger.execute("SELECT seq FROM files WHERE sha256 = ?", (sha256,))
     if not rows:
@@ -229,6 +255,15 @@ def show(station: Station, sha256: str) -> dict[str, Any]:
         {"seq": s}
         for (s,) in station.ledger.execute("SELECT seq FROM wipes WHERE sha256 = ?", (sha256,))
     ]
+    from agent import holds  # noqa: PLC0415 - agent.holds imports this module
+
+    if policy is None:
+        policy = ret.policy_from_config(config.load())
+    standing = ret.status(station, sha256, policy, now or datetime.now(UTC))
+    upload = "not uploaded"
+    if standing is not None and standing.receipt is not None:
+        upload = f"receipted by the platform (entry {standing.receipt})"
+    held = [h.as_dict() for h in holds.holds(station) if _covers(h, sha256, standing)]
     return {
         "sha256": sha256,
         "entry": entry.seq,
@@ -237,8 +272,16 @@ def show(station: Station, sha256: str) -> dict[str, Any]:
         "tags": tags,
         "anomalies": anomalies,
         "wiped_from_device": wipes,
-        "upload": "not uploaded",
+        "upload": upload,
+        "retention": None if standing is None else standing.as_dict(),
+        "holds": held,
     }
+
+
+def _covers(hold: Hold, sha256: str, standing: ret.RecordingStatus | None) -> bool:
+    """Whether a hold (released or not) names this recording or one of its cases."""
+    cases = standing.cases if standing is not None else ()
+    return sha256 in hold.files or (hold.case is not None and hold.case in cases)
 
 
 def anomaly_keys(station: Station, serial: str) -> set[str]:

@@ -8,6 +8,11 @@ recomputed root at its size and carries a good signature by the key in force
 at that size, the signer's own record and any checkpoint the operator holds
 are not ahead of or forked from the ledger, and every stored file still
 matches the digest its entry records.
+
+A recording that is gone from the store is lawfully purged only if a ``purge``
+entry the retention rule allows (hashing.retention, judged against the entries
+before it) records it; gone with an unlawful one is ``unlawful_purge``; gone
+with none is ``file_missing`` (Art. 20 (2): deletion is detectable).
 """
 
 from __future__ import annotations
@@ -37,11 +42,14 @@ from hashing.findings import (
     MALFORMED,
     ROLLBACK,
     TREE_ALTERED,
+    UNLAWFUL_PURGE,
     Report,
 )
 from hashing.keys import KeyHistory
 from hashing.merkle import CompactRange, leaf_hash, root_of
 from hashing.note import NoteVerifier, parse_note
+from hashing.retention import TYPES as RETENTION_TYPES
+from hashing.retention import Judge, Verdict
 from hashing.station import Station
 from hashing.verify import check_signed_checkpoint, open_held_checkpoint
 
@@ -78,7 +86,7 @@ def audit(station: Station, *, held_note: str | None = None, files: bool = True)
         # One read transaction: a consistent snapshot while the daemon appends.
         conn.execute("BEGIN")
         checkpoints = _stored_checkpoints(conn)
-        key_entries, ingests, size, roots = _walk(report, station, conn, checkpoints, sizes)
+        key_entries, ingests, size, roots, judge = _walk(report, station, conn, checkpoints, sizes)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -114,9 +122,31 @@ def audit(station: Station, *, held_note: str | None = None, files: bool = True)
     _check_signer_state(report, station, signed, size, roots)
     if held_note is not None:
         _check_held(report, station, held_note, anchors, history, size, roots)
+    purges = _judge_purges(report, station, judge, files=files)
     if files:
-        _check_store(report, station, ingests, size)
+        _check_store(report, station, ingests, size, purges)
     return report
+
+
+def _judge_purges(
+    report: Report, station: Station, judge: Judge, *, files: bool
+) -> dict[str, Verdict]:
+    """Report every unlawful ``purge`` entry; return the first verdict per digest."""
+    purges: dict[str, Verdict] = {}
+    for verdict in judge.verdicts.values():
+        purges.setdefault(verdict.sha256, verdict)
+        if verdict.lawful:
+            continue
+        place = f"entry {verdict.seq}"
+        with contextlib.suppress(InputError):
+            place = f"{station.store.path_for(verdict.sha256)} (purge entry {verdict.seq})"
+        still = ""
+        if files and verdict.sha256 in judge and station.store.has(verdict.sha256):
+            still = "; the file is still in the store and `evidock retention run` leaves it"
+        report.add(UNLAWFUL_PURGE, place, "; ".join(verdict.reasons) + still)
+    if judge.verdicts:
+        report.checked["purge entries"] = len(judge.verdicts)
+    return purges
 
 
 def _check_held(
@@ -176,10 +206,11 @@ def _walk(
     conn: sqlite3.Connection,
     checkpoints: list[tuple[int, str]],
     sizes: set[int],
-) -> tuple[list[Entry], dict[str, Entry], int, dict[int, bytes]]:
+) -> tuple[list[Entry], dict[str, Entry], int, dict[int, bytes], Judge]:
     """Entries and tree in one pass. Returns key entries, ingest entries by digest,
-    the ledger size, and the recomputed root at every checkpointed size, at each
-    of ``sizes`` and at the ledger's size."""
+    the ledger size, the recomputed root at every checkpointed size, at each
+    of ``sizes`` and at the ledger's size, and the retention rule's judge (every
+    purge entry judged against the entries before it)."""
     wanted = {s for s, _ in checkpoints} | sizes
     roots: dict[int, bytes] = {}
     if 0 in wanted:
@@ -189,6 +220,7 @@ def _walk(
     pending_node = next(nodes, None)
     key_entries: list[Entry] = []
     ingests: dict[str, Entry] = {}
+    judge = Judge()
     prev_digest: str | None = None
     prev_time: datetime | None = None
     expected = 0
@@ -220,6 +252,8 @@ def _walk(
                 key_entries.append(entry)
             elif entry.type == INGEST and isinstance(entry.body.get("sha256"), str):
                 ingests[str(entry.body["sha256"])] = entry
+            if entry.type in RETENTION_TYPES:
+                judge.observe(entry.seq, entry.type, entry.time, entry.body)
         prev_digest = entry.digest if entry is not None else None
         # Recompute the tree over the leaves in the stored order of positions.
         while tree.size < seq:  # a gap: the deleted leaves' hashes are unknown
@@ -247,7 +281,7 @@ def _walk(
             roots[tree.size] = tree.root()
     roots[tree.size] = tree.root()
     report.checked["entries"] = expected
-    return key_entries, ingests, expected, roots
+    return key_entries, ingests, expected, roots, judge
 
 
 def _signer_state(report: Report, station: Station) -> tuple[int, bytes] | None:
@@ -287,17 +321,32 @@ def _check_signer_state(
         )
 
 
-def _check_store(report: Report, station: Station, ingests: dict[str, Entry], size: int) -> None:
+def _check_store(
+    report: Report,
+    station: Station,
+    ingests: dict[str, Entry],
+    size: int,
+    purges: dict[str, Verdict],
+) -> None:
     chunk_rows = {
         str(sha): (int(cs), bytes(blob))
         for sha, cs, blob in station.ledger.execute("SELECT sha256, chunk_size, chunks FROM files")
     }
-    intact = 0
+    intact = purged = unfinished = 0
     for sha, entry in ingests.items():
         path = station.store.path_for(sha)
+        verdict = purges.get(sha)
         if not path.is_file():
-            report.add(FILE_MISSING, str(path), f"recording of entry {entry.seq} is gone")
+            if verdict is None:
+                report.add(FILE_MISSING, str(path), f"recording of entry {entry.seq} is gone")
+            elif verdict.lawful:
+                purged += 1
+            # else: already reported as an unlawful purge
             continue
+        if verdict is not None and verdict.lawful:
+            # A crash between the purge entry and the unlink (agent.retention
+            # appends first): not a failure; the next retention run finishes it.
+            unfinished += 1
         got = digest_file(path, drop_cache=True)
         if got.sha256_hex == sha and got.size == entry.body.get("size"):
             intact += 1
@@ -321,7 +370,14 @@ def _check_store(report: Report, station: Station, ingests: dict[str, Entry], si
         report.add(FILE_MODIFIED, str(path), detail)
     for sha in sorted(_uncovered(station, set(station.store.stored()) - set(ingests), size)):
         report.add(FILE_ADDED, str(station.store.path_for(sha)), "no ingest entry covers this file")
-    report.checked["files intact"] = f"{intact} of {len(ingests)}"
+    report.checked["files intact"] = f"{intact} of {len(ingests) - purged}"
+    if purged:
+        report.checked["files purged lawfully"] = purged
+    if unfinished:
+        report.checked["purges not yet finished"] = (
+            f"{unfinished} (purge entry written, file still stored; "
+            "the next `evidock retention run` removes it)"
+        )
 
 
 def _uncovered(station: Station, candidates: set[str], size: int) -> set[str]:

@@ -22,6 +22,7 @@ PROOF_FAILURE = "proof_failure"  # an inclusion or consistency proof does not ve
 ROLLBACK = "rollback"  # older than a checkpoint already held
 FORK = "fork"  # inconsistent with a checkpoint already held
 MALFORMED = "malformed"  # a bundle or ledger part does not parse
+UNLAWFUL_PURGE = "unlawful_purge"  # a purge entry the retention rule (Art. 16-17) does not allow
 CLOCK_REGRESSION = "clock_regression"  # warning: an entry is dated before the one before it
 
 WARNINGS = frozenset({CLOCK_REGRESSION})

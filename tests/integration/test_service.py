@@ -107,7 +107,15 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (Debian package: systemd)")
     units = sorted(UNITS.glob("*.service")) + sorted(UNITS.glob("*.timer"))
-    assert {u.name for u in units} >= {"evidock.service", "evidock-receive.service"}
+    assert {u.name for u in units} >= {
+        "evidock.service",
+        "evidock-receive.service",
+        "evidock-checkpoint.timer",
+        "evidock-retention.service",
+        "evidock-retention.timer",
+        "evidock-scrub.service",
+        "evidock-scrub.timer",
+    }
     if not Path(INSTALLED).exists():
         # Not installed on this machine: verify the same units with ExecStart on
         # the development venv's evidock (verify insists the binary exists).
