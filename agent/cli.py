@@ -49,7 +49,6 @@ from agent.users import Users, check_account
 from drivers.mounted import MountedDriver, mounted_device
 from hashing._fsutil import pid_alive
 from hashing.audit import audit
-from hashing.bundle import Selection, export_bundle
 from hashing.errors import ConfigError, EvidockError, InputError, IntegrityError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE, EXIT_USAGE
 from hashing.note import NoteVerifier
@@ -169,18 +168,6 @@ def cmd_prove_consistency(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    station = _open(args)
-    selection = Selection(case=args.case, sha256=tuple(args.sha256 or ()), all=args.all)
-    out = export_bundle(station, selection, Path(args.out))
-    manifest = json.loads((out / "manifest.json").read_text())
-    print(f"exported {len(manifest['files'])} recording(s) to {out}")
-    print(
-        f"checkpoint: tree size {manifest['tree_size']}; export recorded as entry {manifest['export_entry']}"
-    )
-    return EXIT_OK
-
-
 def _read_text(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -266,7 +253,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
         if not files:
             raise InputError(f"no recordings of {args.device} between {args.start} and {args.end}")
     entry = records.tag(
-        station, files, case=args.case, kind=args.kind, retention=args.retention, reason=args.reason
+        station,
+        files,
+        case=args.case,
+        kind=args.kind,
+        retention=args.retention,
+        reason=args.reason,
+        case_type=args.case_type,
     )
     print(f"tagged {len(entry.body['files'])} recording(s) to case {args.case} (entry {entry.seq})")
     return EXIT_OK
@@ -313,6 +306,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     for w in info["wiped_from_device"]:
         lines.append(f"wiped       from the recorder (entry {w['seq']})")
     lines.append(f"upload      {info['upload']}")
+    ret = info.get("retention")
+    if ret is not None:
+        cases = ", ".join(ret["cases"]) or "no case"
+        lines.append(f"retention   {ret['class']} ({cases}); {ret['why']}")
+        lines.append(
+            f"keep until  {ret['keep_until'] or 'never purged'}"
+            f"    earliest purge {ret['purge_after'] or 'never'}"
+        )
+        if ret["purged"] is not None:
+            lawful = "lawful" if ret["purge_lawful"] else "NOT LAWFUL"
+            left = "; the file is still stored" if ret["stored"] else ""
+            lines.append(f"purged      entry {ret['purged']} ({lawful}){left}")
+        else:
+            lines.append(f"purge       {ret['state']}: {'; '.join(ret['blockers']) or 'due'}")
+    for h in info.get("holds", []):
+        what = f"case {h['case']}" if h["case"] is not None else "this recording"
+        state = f"released (entry {h['released']})" if h["released"] is not None else "in force"
+        lines.append(f"hold        entry {h['seq']}: {what}, {h['reason']}, by {h['by']}; {state}")
     print("\n".join(lines))
     return EXIT_OK
 
@@ -680,13 +691,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("old", type=int, metavar="OLD")
     p.add_argument("new", type=int, nargs="?", metavar="NEW", help="default: latest checkpoint")
 
-    p = add("export", cmd_export, "write a self-contained, verifiable bundle")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--case", metavar="ID")
-    which.add_argument("--sha256", nargs="+", metavar="HEX")
-    which.add_argument("--all", action="store_true")
-    p.add_argument("--out", required=True, metavar="DIR")
-
     p = add("verify", cmd_verify, "verify an export bundle offline with a trusted key")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument(
@@ -728,6 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True, choices=records.ACT_KINDS)
     p.add_argument("--retention", default="routine", choices=records.RETENTION_CLASSES)
     p.add_argument("--reason", metavar="TEXT", help="why (required for evidence and long-term)")
+    p.add_argument(
+        "--case-type",
+        metavar="TYPE",
+        help="the kind of case file, for how long evidence is kept ([retention] evidence_days)",
+    )
 
     p = add("show", cmd_show, "everything known of one recording")
     p.add_argument("sha256", metavar="SHA256")

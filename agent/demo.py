@@ -6,7 +6,9 @@ daemon notices it, offloads it (one-pass copy + digests, re-read check, media
 probe, ledger entries) and says when it is safe to unplug; its story is told
 as anomalies; a supervisor tags the clips to a case; the clips are uploaded
 through a local mosquitto (TLS, passwords, the shipped ACL) to the platform's
-receiver, which answers with signed receipts; the case is exported,
+receiver, which answers with signed receipts; a demo supervisor (a kiosk
+user whose generated password is written to a 0600 file beside the station)
+exports the case for a stated purpose, and the export is
 verified offline with only the station's public key and with coreutils, and a
 one-byte edit in a copy of the export is caught.
 """
@@ -26,12 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import config, records, wiring
+from agent.commands import console_actor
 from agent.daemon import Daemon, EventSink, Watcher
+from agent.exports import export, export_lines
 from agent.localbroker import Broker, make_pki, mosquitto_missing
 from agent.offload import OffloadPolicy
+from agent.users import User, Users
 from drivers.demo import DemoCamera, Gap
 from drivers.folder import FolderDriver, FolderWatcher
-from hashing.bundle import Selection, export_bundle
+from hashing.bundle import Selection
 from hashing.errors import ConfigError, EvidockError
 from hashing.findings import EXIT_OK
 from hashing.station import Station
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
 CASE = "CASE-2026-0001"
 SERIAL = "DEMO0001"
 OFFICER = "100001"
+SUPERVISOR = "demo-supervisor"
 
 
 def _say(text: str) -> None:
@@ -218,6 +224,28 @@ def _upload(station: Station, work: Path) -> None:
             _say(f"   | {line}")
 
 
+def _supervisor(station: Station, secret_file: Path) -> User:
+    """A kiosk supervisor with a generated password, kept in a 0600 file (as
+    `evidock user add --password-file` reads one), logged in as the CLI would."""
+    secret = secrets.token_urlsafe(18)
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secret.encode() + b"\n")
+    finally:
+        os.close(fd)
+    users = Users(station)
+    try:
+        users.add(SUPERVISOR, "supervisor", secret, officer=None, by=console_actor())
+        users.logout(users.login(SUPERVISOR, secret, source=console_actor()).token)
+        user = users.get(SUPERVISOR)
+    finally:
+        users.close()
+    if user is None:
+        raise EvidockError(f"the demo user {SUPERVISOR} could not be created")
+    return user
+
+
 def _steps(home: Path, out: Path, work: Path) -> int:
     _say(f"1. Creating station DOCK-DEMO in {home}")
     station = Station.init(home, "DOCK-DEMO")
@@ -261,8 +289,15 @@ def _steps(home: Path, out: Path, work: Path) -> int:
     for line in signed.note.splitlines():
         _say(f"   | {line}")
 
-    _say(f"6. Exporting case {CASE} to {out}")
-    export_bundle(station, Selection(case=CASE), out)
+    secret_file = home.parent / f"{SUPERVISOR}.password"
+    supervisor = _supervisor(station, secret_file)
+    _say(
+        f"6. Supervisor {SUPERVISOR} (password in {secret_file}, mode 0600) exports case "
+        f"{CASE} to {out}, purpose 'demo'"
+    )
+    result = export(station, supervisor, Selection(case=CASE), out, "demo")
+    for line in export_lines(result):
+        _say(f"   {line}")
 
     _say("7. Verifying the export offline with only the public key:")
     report = verify_bundle(out, [station.keys.load().verifier])
@@ -302,6 +337,7 @@ def _steps(home: Path, out: Path, work: Path) -> int:
     _say("")
     _say("Demo complete. Try it yourself:")
     _say(f"   evidock verify {out} --key '{key}'")
+    _say(f"   python3 {out}/verifier/verify.py {out} --key '{key}'   (no evidock needed)")
     _say(f"   EVIDOCK_HOME={home} evidock ledger verify")
     station.close()
     return EXIT_OK

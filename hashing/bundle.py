@@ -1,6 +1,7 @@
 """Export bundles: a folder an auditor or a court verifies offline (design.md "Formats").
 
     README.txt                 what this is and how to check it, for humans
+    NOTICE.txt                 a disclosure only: to whom, why, by whom, when (Art. 18)
     SHA256SUMS                 `sha256sum -c SHA256SUMS` checks every file with coreutils alone
     manifest.json              station, tree size, files (path, digest, size, entry), entries
     checkpoint.txt             the signed checkpoint (C2SP signed note) the proofs lead to
@@ -9,19 +10,31 @@
     proofs/consistency.jsonl   consistency proofs from the dock's earlier checkpoints
     chunks/<sha256>.json       the 1 MiB chunk leaf hashes of each file
     files/<sha256>[.ext]       the recordings
+    verifier/verify.py         the offline verifier, with the ``hashing`` modules it
+    verifier/hashing/*.py      needs: `python3 verifier/verify.py . --key KEY` runs
+                               with Python 3.11+ and python3-cryptography alone
 
 The covering entries are each file's ``ingest`` entry, the key entries (genesis
 and every rotation, so the verifier can follow the key from the one the auditor
 trusts to the one that signed) and the ``export`` entry recording this copy
-(Art. 20 (3): no copy leaves without a record).
+(Art. 20 (3): no copy leaves without a record). That entry names who asked,
+in which role, why, and for a disclosure to whom (``Request``); the notice a
+disclosure carries is derived from it (hashing.verify.disclosure_notice) and
+checked against it by the verifier.
+
+This module takes plain strings for the requester: deciding who may export
+what is the agent's (agent.exports), not the integrity core's.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,16 +44,59 @@ from hashing.digest import READ_SIZE, StreamDigester
 from hashing.entries import EXPORT, INGEST, KEY_ROTATION, Entry
 from hashing.errors import DigestMismatchError, InputError
 from hashing.proofs_json import consistency_json, inclusion_json
-from hashing.station import Station
+from hashing.station import Station, software_version
+from hashing.verify import DISCLOSE, NOTICE, disclosure_notice
 
 FORMAT = "evidock-bundle/1"
 MAX_CONSISTENCY_PROOFS = 512
 _EXT = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 
+EXPORT_ACTION, ARCHIVE = "export", "archive"
+ACTIONS = (EXPORT_ACTION, DISCLOSE, ARCHIVE)
+VERIFIER_DIR = "verifier"
+_PACKAGE = Path(__file__).resolve().parent  # the installed ``hashing`` package
+
+# The entry point of the verifier a bundle carries. It puts its own folder first
+# on the path (also under `python3 -I`, which leaves the script's folder out) so
+# the copied modules are the ones imported, whatever else is installed.
+_VERIFIER_MAIN = """\
+#!/usr/bin/env python3
+\"\"\"Offline verifier of an evidock export bundle, carried inside the bundle.
+
+    python3 verifier/verify.py . --key 'STATION-VERIFIER-KEY'
+
+Needs Python 3.11 or later and the cryptography package (Debian 12:
+apt-get install python3 python3-cryptography); no evidock installation. The
+modules in hashing/ beside this file are a copy of evidock's own verifier;
+their SHA-256 digests are listed in manifest.json under "verifier".
+Exit codes: 0 verified, 1 integrity failure found, 2 usage, 3 could not verify.
+\"\"\"
+
+import sys
+from pathlib import Path
+
+if sys.version_info < (3, 11):
+    sys.exit("verify.py needs Python 3.11 or later")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    sys.stderr.write(
+        "verify.py needs the Python package cryptography "
+        "(Debian: apt-get install python3-cryptography)\\n"
+    )
+    sys.exit(3)
+
+from hashing.verify import main  # noqa: E402
+
+sys.exit(main())
+"""
+
 
 @dataclass(frozen=True)
 class Selection:
-    """Which recordings to export: one of case, digests, or all."""
+    """Which recordings to export: a case, digests, a case's recordings among
+    digests (both given: the year-end archive), or all."""
 
     case: str | None = None
     sha256: tuple[str, ...] = ()
@@ -49,9 +105,48 @@ class Selection:
     def describe(self) -> dict[str, Any]:
         if self.all:
             return {"all": True}
+        if self.case is not None and self.sha256:
+            return {"case": self.case, "sha256": list(self.sha256)}
         if self.case is not None:
             return {"case": self.case}
         return {"sha256": list(self.sha256)}
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who exports, in which role, why, and (a disclosure only) to whom: the
+    fields the export entry records beside its files (Art. 18, Art. 20 (3)).
+
+    Raises InputError for an unknown action, an empty field, or a recipient on
+    anything but a disclosure (or none on a disclosure).
+    """
+
+    user: str
+    role: str
+    purpose: str
+    action: str = EXPORT_ACTION
+    recipient: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise InputError(f"export action {self.action!r}: one of {', '.join(ACTIONS)}")
+        for name in ("user", "role", "purpose"):
+            if not str(getattr(self, name)).strip():
+                raise InputError(f"an export needs a {name}")
+        if (self.action == DISCLOSE) != (self.recipient is not None):
+            raise InputError(
+                "a disclosure names its recipient, and only a disclosure does "
+                f"(action {self.action!r}, recipient {self.recipient!r})"
+            )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "user": self.user,
+            "role": self.role,
+            "purpose": self.purpose,
+            "recipient": self.recipient,
+        }
 
 
 TAG = "tag"  # a recording bound to a case after ingest (agent.records)
@@ -61,25 +156,36 @@ def _case_tags(station: Station, case: str) -> list[Entry]:
     return [e for e in station.ledger.entries_of_type(TAG) if e.body.get("case") == case]
 
 
-def _selected(station: Station, selection: Selection) -> list[Entry]:
+def select(station: Station, selection: Selection) -> list[Entry]:
+    """The ingest entries of the selected recordings, in ledger order.
+
+    Raises InputError when nothing matches, or when a named digest is not in
+    the ledger (or, with a case, not bound to that case).
+    """
     ingests = list(station.ledger.entries_of_type(INGEST))
     if selection.all:
         chosen = ingests
-    elif selection.case is not None:
-        # Bound at ingest (--case) or by a tag entry later; the tag entries go
-        # into the bundle too, so the case binding itself is proven.
-        tagged = {f for e in _case_tags(station, selection.case) for f in e.body.get("files", [])}
-        chosen = [
-            e
-            for e in ingests
-            if e.body.get("case") == selection.case or e.body.get("sha256") in tagged
-        ]
     else:
-        wanted = set(selection.sha256)
-        chosen = [e for e in ingests if e.body.get("sha256") in wanted]
-        missing = wanted - {str(e.body.get("sha256")) for e in chosen}
-        if missing:
-            raise InputError(f"not in the ledger: {', '.join(sorted(missing))}")
+        if selection.case is not None:
+            # Bound at ingest (--case) or by a tag entry later; the tag entries go
+            # into the bundle too, so the case binding itself is proven.
+            tagged = {
+                f for e in _case_tags(station, selection.case) for f in e.body.get("files", [])
+            }
+            ingests = [
+                e
+                for e in ingests
+                if e.body.get("case") == selection.case or e.body.get("sha256") in tagged
+            ]
+        if selection.sha256:
+            wanted = set(selection.sha256)
+            chosen = [e for e in ingests if e.body.get("sha256") in wanted]
+            missing = wanted - {str(e.body.get("sha256")) for e in chosen}
+            if missing:
+                where = "the ledger" if selection.case is None else f"case {selection.case!r}"
+                raise InputError(f"not in {where}: {', '.join(sorted(missing))}")
+        else:
+            chosen = ingests
     if not chosen:
         raise InputError(f"no recordings match {selection.describe()}")
     return chosen
@@ -144,19 +250,103 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(row, separators=(",", ":"), sort_keys=True) + "\n")
 
 
-def export_bundle(station: Station, selection: Selection, out: Path) -> Path:
-    """Write a bundle for the selected recordings into the new folder ``out``.
+def verifier_modules() -> list[str]:
+    """The ``hashing`` modules the offline verifier imports, transitively (read
+    from their import statements, so a new import is carried without a list to
+    keep up to date). Raises InputError if one is missing from the package."""
+    wanted, seen = ["__init__", "verify"], set[str]()
+    while wanted:
+        name = wanted.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _PACKAGE / f"{name}.py"
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, SyntaxError) as e:
+            raise InputError(f"{path}: cannot read the verifier's module ({e})") from e
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "hashing":
+                    wanted += [a.name for a in node.names]
+                elif node.module.startswith("hashing."):
+                    wanted.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                wanted += [
+                    a.name.split(".")[1] for a in node.names if a.name.startswith("hashing.")
+                ]
+    return sorted(seen)
 
-    Raises InputError (nothing selected, ``out`` not empty) or
-    DigestMismatchError (a stored file no longer matches its entry).
+
+def _copy_verifier(out: Path) -> dict[str, Any]:
+    """Write ``verifier/`` (the entry point and the modules); return its manifest part."""
+    folder = out / VERIFIER_DIR
+    (folder / "hashing").mkdir(parents=True)
+    written: list[tuple[str, bytes]] = [("verify.py", _VERIFIER_MAIN.encode())]
+    for name in verifier_modules():
+        data = (_PACKAGE / f"{name}.py").read_bytes()
+        written.append((f"hashing/{name}.py", data))
+    files = []
+    for rel, data in written:
+        (folder / rel).write_bytes(data)
+        files.append({"path": f"{VERIFIER_DIR}/{rel}", "sha256": hashlib.sha256(data).hexdigest()})
+    return {
+        "software": software_version(),
+        "run": f"python3 {VERIFIER_DIR}/verify.py . --key 'STATION-VERIFIER-KEY'",
+        "files": files,
+    }
+
+
+def _clear(out: Path, created: bool) -> None:
+    """Remove what a failed export wrote, so no unrecorded copy stays behind."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def export_bundle(
+    station: Station,
+    selection: Selection,
+    out: Path,
+    request: Request,
+    *,
+    carry: Sequence[int] = (),
+) -> Path:
+    """Write a bundle for the selected recordings into the new folder ``out``;
+    the ``export`` entry records ``request`` (who, role, purpose, recipient).
+
+    ``carry`` names further entries to prove in the bundle without their files
+    (the year-end archive carries the ingest and purge entries of recordings
+    purged under the retention rules, so their fate is proven too).
+
+    Raises InputError (nothing selected, ``out`` not empty, an unknown carried
+    entry) or DigestMismatchError (a stored file no longer matches its entry).
+    If either happens before the export entry is appended, what was written to
+    ``out`` is removed again.
     """
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} exists and is not empty; choose a new folder")
-    chosen = _selected(station, selection)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} exists and is not an empty folder; choose a new folder")
+    chosen = select(station, selection)
+    carried = [station.ledger.entry(seq) for seq in sorted(set(carry))]
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        files = _copy_files(station, chosen, out)
+        verifier = _copy_verifier(out)
+    except BaseException:
+        _clear(out, created)
+        raise
+    return _finish(station, selection, out, request, chosen, carried, files, verifier)
+
+
+def _copy_files(station: Station, chosen: list[Entry], out: Path) -> list[dict[str, Any]]:
     for sub in ("files", "chunks", "proofs"):
         (out / sub).mkdir(exist_ok=True)
-
     files: list[dict[str, Any]] = []
     for entry in chosen:
         sha, size = str(entry.body["sha256"]), int(entry.body["size"])
@@ -171,7 +361,19 @@ def export_bundle(station: Station, selection: Selection, out: Path) -> Path:
             json.dumps({"sha256": sha, "size": size, "chunk_size": chunk_size, "hashes": hashes})
         )
         files.append({"path": name, "sha256": sha, "size": size, "seq": entry.seq})
+    return files
 
+
+def _finish(
+    station: Station,
+    selection: Selection,
+    out: Path,
+    request: Request,
+    chosen: list[Entry],
+    carried: list[Entry],
+    files: list[dict[str, Any]],
+    verifier: dict[str, Any],
+) -> Path:
     # The copy is itself recorded before the checkpoint is signed, so the
     # bundle proves its own export entry.
     export_entry = station.ledger.append(
@@ -180,6 +382,7 @@ def export_bundle(station: Station, selection: Selection, out: Path) -> Path:
             "selection": selection.describe(),
             "files": [f["sha256"] for f in files],
             "out": os.fsdecode(out.absolute()),
+            **request.body(),
         },
     )
     signed = station.checkpoint()
@@ -187,7 +390,7 @@ def export_bundle(station: Station, selection: Selection, out: Path) -> Path:
 
     key_entries = [station.ledger.entry(0), *station.ledger.entries_of_type(KEY_ROTATION)]
     tags = _case_tags(station, selection.case) if selection.case is not None else []
-    covering = {e.seq: e for e in [*key_entries, *chosen, *tags, export_entry]}
+    covering = {e.seq: e for e in [*key_entries, *chosen, *tags, *carried, export_entry]}
     entries = [covering[s] for s in sorted(covering)]
     with (out / "entries.jsonl").open("wb") as f:
         for e in entries:
@@ -224,20 +427,41 @@ def export_bundle(station: Station, selection: Selection, out: Path) -> Path:
         "export_entry": export_entry.seq,
         "files": files,
         "entries": [{"seq": e.seq, "type": e.type, "leaf": e.leaf.hex()} for e in entries],
+        "verifier": verifier,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     (out / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in files))
-    (out / "README.txt").write_text(_readme(manifest, signed.note, station), encoding="utf-8")
+    notice = disclosure_notice(export_entry)
+    if notice is not None:
+        (out / NOTICE).write_text(notice, encoding="utf-8")
+    (out / "README.txt").write_text(
+        _readme(manifest, signed.note, station, export_entry, notice), encoding="utf-8"
+    )
     return out
 
 
-def _readme(manifest: dict[str, Any], note: str, station: Station) -> str:
+def _readme(
+    manifest: dict[str, Any], note: str, station: Station, export: Entry, notice: str | None
+) -> str:
     key = station.keys.load().verifier.vkey
-    lines = [
+    body = export.body
+    lines = []
+    if notice is not None:
+        # Art. 18: whoever holds this copy sees first to whom it was given and why.
+        rule = "=" * 78
+        lines += [rule, *notice.splitlines(), rule, ""]
+    lines += [
         "EVIDENCE EXPORT — evidock",
         "",
         f"Station:     {manifest['station']}",
         f"Exported:    {manifest['created']}",
+        f"Action:      {body.get('action', EXPORT_ACTION)} by {body.get('user', '-')} "
+        f"({body.get('role', '-')})",
+        f"Purpose:     {body.get('purpose', '-')}",
+    ]
+    if body.get("recipient") is not None:
+        lines.append(f"Recipient:   {body['recipient']}")
+    lines += [
         f"Selection:   {json.dumps(manifest['selection'], ensure_ascii=False)}",
         f"Recordings:  {len(manifest['files'])}",
         f"Ledger size: {manifest['tree_size']} entries (export recorded as entry "
@@ -250,11 +474,16 @@ def _readme(manifest: dict[str, Any], note: str, station: Station) -> str:
         "       sha256sum -c SHA256SUMS",
         "",
         "2. Everything (digests, ledger entries, proofs, signature), offline, with",
-        "   evidock and the station's public key obtained from the agency (not from",
-        "   this folder):",
+        "   the station's public key obtained from the agency (not from this folder),",
+        "   and either evidock:",
         "       evidock verify . --key 'STATION-VERIFIER-KEY'",
+        "   or the verifier this bundle carries, with Python 3.11+ and the",
+        "   cryptography package alone (Debian: apt-get install python3-cryptography):",
+        "       python3 verifier/verify.py . --key 'STATION-VERIFIER-KEY'",
         "   Add --checkpoint FILE with a checkpoint you already hold from this",
         "   station to prove this export's ledger extends it (no rollback, no fork).",
+        "   The carried verifier is a convenience: manifest.json lists its files'",
+        "   digests, to compare with the agency's published evidock release.",
         "",
         "RECORDINGS",
         "",

@@ -35,7 +35,9 @@ HEX64_RE = re.compile(r"[0-9a-f]{64}")
 GENESIS = "genesis"  # {origin, key}: the station and its first verifier key
 INGEST = "ingest"  # a recording entered the store
 KEY_ROTATION = "key_rotation"  # {old_key, new_key, old_sig, new_sig}
-EXPORT = "export"  # {files, out}: a copy left the dock (Art. 20 (3))
+EXPORT = (
+    "export"  # {selection, files, out, action, user, role, purpose, recipient} (Art. 18, 20 (3))
+)
 
 
 def check_station_id(station_id: str) -> None:

@@ -11,9 +11,11 @@ goes on after a failure so one report names everything that is wrong.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,6 +30,7 @@ from hashing.findings import (
     ENTRY_ALTERED,
     ENTRY_MISSING,
     ENTRY_REORDERED,
+    EXIT_UNVERIFIABLE,
     FILE_ADDED,
     FILE_MISSING,
     FILE_MODIFIED,
@@ -41,6 +44,26 @@ from hashing.findings import (
 from hashing.keys import KeyHistory
 from hashing.merkle import root_of, verify_consistency, verify_inclusion
 from hashing.note import NoteVerifier, open_note, parse_note
+
+NOTICE = "NOTICE.txt"  # the visible notice of a disclosure (Art. 18)
+DISCLOSE = "disclose"  # the export entry's action for a disclosure
+
+
+def disclosure_notice(entry: Entry) -> str | None:
+    """The notice a disclosure bundle carries, derived from its export entry alone
+    (so the verifier can tell it was not edited); None unless the entry is a
+    disclosure. English, then Chinese; one line each."""
+    body = entry.body
+    if body.get("action") != DISCLOSE:
+        return None
+    recipient, purpose = body.get("recipient"), body.get("purpose")
+    user, role, date = body.get("user"), body.get("role"), entry.time[:10]
+    return (
+        f"Disclosed to {recipient} for {purpose} by {user} ({role}) on {date}; "
+        f"ledger entry {entry.seq}\n"
+        f"依申请提供给 {recipient}，用途：{purpose}；经办：{user}（{role}），{date}；"
+        f"存证日志第 {entry.seq} 条\n"
+    )
 
 
 def trusted_keys(history: KeyHistory | None, anchors: Sequence[NoteVerifier]) -> list[NoteVerifier]:
@@ -343,7 +366,21 @@ def _check_files(
             MALFORMED, "files", "is a symbolic link: the recordings are not inside the bundle"
         )
     by_sha = {str(f.get("sha256")): path for path, f in listed.items()}
-    exported_files = _exported_files(report, manifest, entries)
+    export = _export_entry(report, manifest, entries)
+    exported_files = _exported_files(report, export)
+    if export is not None:
+        _check_request(report, folder, export)
+    if exported_files is not None:
+        # The export entry lists exactly the bundle's recordings: a manifest row it
+        # does not name is a recording that did not leave the dock with this copy.
+        for sha, listed_path in sorted(by_sha.items()):
+            if sha not in exported_files:
+                report.add(
+                    MALFORMED,
+                    "manifest.json",
+                    f"lists {listed_path}, which export entry {export.seq if export else '?'} "
+                    "does not name",
+                )
     intact = 0
     actual_sha: dict[str, str] = {}
     for sha, entry in sorted(ingests.items(), key=lambda kv: kv[1].seq):
@@ -393,10 +430,10 @@ def _check_files(
     report.checked["files intact"] = f"{intact} of {len(listed)}"
 
 
-def _exported_files(
+def _export_entry(
     report: Report, manifest: dict[str, Any], entries: dict[int, Entry]
-) -> set[str] | None:
-    """The digests the bundle's proven export entry records, or None if it has none.
+) -> Entry | None:
+    """The bundle's proven export entry, or None (with a finding) if it has none.
 
     Every bundle carries the export entry that recorded it (Art. 20 (3)), and
     only that signed list says which recordings left the dock together. Without
@@ -416,17 +453,72 @@ def _exported_files(
             f"{named!r}): recordings may have been taken out of it",
         )
         return None
-    files = export.body.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        report.add(MALFORMED, f"entry {export.seq}", "export entry has no list of files")
-        return None
     if named != export.seq:
         report.add(
             MALFORMED,
             "manifest.json",
             f"export_entry is {named!r}, the export entry is {export.seq}",
         )
+    return export
+
+
+def _exported_files(report: Report, export: Entry | None) -> set[str] | None:
+    """The digests the export entry records, or None if there is no usable list."""
+    if export is None:
+        return None
+    files = export.body.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        report.add(MALFORMED, f"entry {export.seq}", "export entry has no list of files")
+        return None
     return set(files)
+
+
+def _check_request(report: Report, folder: Path, export: Entry) -> None:
+    """Who exported, why and to whom, as the export entry says; and the visible
+    notice of a disclosure (Art. 18), which must be exactly the one the entry
+    implies. Bundles from before these fields existed carry neither."""
+    body = export.body
+    if body.get("user") is not None:
+        said = (
+            f"entry {export.seq}: {body.get('action', 'export')} by {body.get('user')} "
+            f"({body.get('role')}) on {export.time[:10]}, purpose {body.get('purpose')!r}"
+        )
+        if body.get("recipient") is not None:
+            said += f", to {body.get('recipient')!r}"
+        report.checked["export"] = said
+    expected = disclosure_notice(export)
+    path = folder / NOTICE
+    if path.is_symlink():
+        report.add(FILE_MODIFIED, NOTICE, "is a symbolic link, not the notice")
+        return
+    try:
+        found: str | None = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        found = None
+    except (OSError, UnicodeDecodeError) as e:
+        found = f"unreadable: {e}"
+    if expected is None:
+        if found is not None:
+            report.add(
+                FILE_ADDED,
+                NOTICE,
+                f"a disclosure notice, but export entry {export.seq} records no disclosure",
+            )
+    elif found is None:
+        report.add(
+            FILE_MISSING,
+            NOTICE,
+            f"export entry {export.seq} records a disclosure; its notice was removed",
+        )
+    elif found != expected:
+        report.add(
+            FILE_MODIFIED,
+            NOTICE,
+            f"differs from the notice export entry {export.seq} records: "
+            f"{expected.splitlines()[0]!r}",
+        )
+    else:
+        report.checked["notice"] = "matches the export entry"
 
 
 def _in_files_folder(path: str) -> bool:
@@ -486,3 +578,69 @@ def _check_sums(report: Report, folder: Path, listed: dict[str, dict[str, Any]])
     # list would have coreutils users check something that is no recording here.
     for path in sorted(set(sums) - set(listed)):
         report.add(MALFORMED, "SHA256SUMS", f"line for {path!r} names no recording of the manifest")
+
+
+# -- the command line of the verifier that travels inside each bundle ------------
+
+
+def read_keys(values: Sequence[str]) -> list[NoteVerifier]:
+    """Verifier keys from ``--key`` values: a key itself, or a file holding keys
+    (one a line). Raises InputError for an unreadable file or a malformed key."""
+    keys = []
+    for value in values:
+        text = value
+        if "+" not in value or Path(value).exists():
+            try:
+                text = Path(value).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"key file {value}: cannot read: {e}") from e
+        for line in text.splitlines():
+            if line.strip():
+                try:
+                    keys.append(NoteVerifier.parse(line.strip()))
+                except InputError as e:
+                    raise InputError(f"key {value!r}: {e}") from e
+    if not keys:
+        raise InputError("no verifier key given: pass --key with the station's key")
+    return keys
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 verifier/verify.py BUNDLE --key KEY``: the offline verifier as a
+    bundle carries it, for an auditor without evidock (exit codes as `evidock
+    verify`: 0 verified, 1 integrity failure, 2 usage, 3 could not verify)."""
+    parser = argparse.ArgumentParser(
+        prog="verify.py",
+        description="Verify an evidock export bundle offline, trusting only the keys given.",
+    )
+    parser.add_argument("bundle", metavar="BUNDLE", help="the bundle folder (e.g. .)")
+    parser.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        metavar="KEY",
+        help="the station's verifier key, or a file holding it (repeatable); "
+        "obtain it from the agency, not from the bundle",
+    )
+    parser.add_argument(
+        "--checkpoint", metavar="FILE", help="a checkpoint you already hold: detects rollback"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable report")
+    args = parser.parse_args(argv)
+    try:
+        keys = read_keys(args.key)
+        held = None
+        if args.checkpoint:
+            try:
+                held = Path(args.checkpoint).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"{args.checkpoint}: cannot read: {e}") from e
+    except InputError as e:
+        print(f"verify.py: {e}", file=sys.stderr)
+        return EXIT_UNVERIFIABLE
+    report = verify_bundle(Path(args.bundle), keys, held)
+    if args.json:
+        sys.stdout.write(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(report.render())
+    return report.exit_code

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from hashing.bundle import Selection, export_bundle
+from hashing.bundle import Request, Selection, export_bundle
 from hashing.findings import (
     BAD_SIGNATURE,
     ENTRY_ALTERED,
@@ -54,6 +54,8 @@ from tests.integration._support import (
 )
 
 pytestmark = pytest.mark.slow
+
+AUDITOR = Request("auditor-1", "auditor", "tamper matrix")
 
 
 @dataclass
@@ -93,7 +95,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sizes = (3 * MIB + 17, 2 * MIB + 4099, 300_000, 1_000)  # 4, 3, 1 and 1 chunks
     shas = [r.sha256 for r in ingest(station, make_sources(base / "src-a", sizes, seed=11))]
     older_note = station.checkpoint().note
-    bundle = export_bundle(station, Selection(case=CASE), base / "bundle")
+    bundle = export_bundle(station, Selection(case=CASE), base / "bundle", AUDITOR)
     ingest(station, make_sources(base / "src-a2", (5_000,), seed=12))
     later_note = station.checkpoint().note
     key_file = base / "dock-01.pub"
@@ -125,7 +127,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     old_signer = rot.station.keys.load()
     rot.station.rotate_key()
     ingest(rot.station, make_sources(base / "src-rot", (7_000,), seed=15))
-    rot_bundle = export_bundle(rot.station, Selection(all=True), base / "rot-bundle")
+    rot_bundle = export_bundle(rot.station, Selection(all=True), base / "rot-bundle", AUDITOR)
     new_key = rot.station.keys.load().verifier
 
     yield World(

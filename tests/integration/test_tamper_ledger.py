@@ -16,8 +16,9 @@ import pytest
 
 import hashing.audit
 from agent.cli import main
+from agent.users import Users
 from hashing.audit import audit
-from hashing.bundle import Selection, export_bundle
+from hashing.bundle import Request, Selection, export_bundle
 from hashing.errors import IntegrityError
 from hashing.findings import (
     BAD_SIGNATURE,
@@ -173,12 +174,23 @@ def test_export_refuses_a_damaged_store(dock: Built, tmp_path: Path, damage: str
         flip_byte(stored(dock, 1), 10)
     else:
         stored(dock, 1).unlink()
+    Users(dock.station).add("sup-1", "supervisor", "correct horse 42", officer=None, by="console:t")
+    secret = tmp_path / "sup-1.secret"
+    secret.write_text("correct horse 42\n")
+    secret.chmod(0o600)
     size = dock.station.ledger.size()
     with pytest.raises(IntegrityError, match="ledger verify"):
-        export_bundle(dock.station, Selection(all=True), tmp_path / "out")
+        export_bundle(
+            dock.station, Selection(all=True), tmp_path / "out", Request("sup-1", "supervisor", "t")
+        )
     assert dock.station.ledger.size() == size  # no export entry for a refused export
-    code = main(["export", "--home", str(dock.home), "--all", "--out", str(tmp_path / "o2")])
+    assert not (tmp_path / "out").exists()  # and no partial copy left behind
+    as_user = ["--purpose", "t", "--as", "sup-1", "--password-file", str(secret)]
+    code = main(
+        ["export", "--home", str(dock.home), "--all", "--out", str(tmp_path / "o2"), *as_user]
+    )
     assert code == 1
+    assert dock.station.ledger.size() == size
 
 
 def test_audit_without_files_skips_the_store(dock: Built) -> None:

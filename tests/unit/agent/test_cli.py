@@ -182,8 +182,18 @@ def test_full_cycle(
     assert run(capsys, "prove", "inclusion", "99")[0] == 2
     assert run(capsys, "prove", "consistency", "9", "3")[0] == 2
 
+    secret = tmp_path / "sup.secret"
+    secret.write_text("correct horse 42\n")
+    secret.chmod(0o600)
+    assert (
+        run(capsys, "user", "add", "sup-1", "--role", "supervisor", "--password-file", str(secret))[
+            0
+        ]
+        == 0
+    )
+    as_sup = ("--purpose", "test", "--as", "sup-1", "--password-file", str(secret))
     out_dir = tmp_path / "bundle"
-    code, text, _ = run(capsys, "export", "--case", "C-1", "--out", str(out_dir))
+    code, text, _ = run(capsys, "export", "--case", "C-1", "--out", str(out_dir), *as_sup)
     assert code == 0
     assert "exported 3 recording(s)" in text
     key_file = tmp_path / "station.vkey"
@@ -198,8 +208,10 @@ def test_full_cycle(
     code, text, _ = run(capsys, "ledger", "entries")
     assert json.loads(text.splitlines()[-1])["type"] == "export"
 
-    assert run(capsys, "export", "--case", "NO-SUCH", "--out", str(tmp_path / "b2"))[0] == 2
-    assert run(capsys, "export", "--all", "--out", str(out_dir))[0] == 2  # not empty
+    assert (
+        run(capsys, "export", "--case", "NO-SUCH", "--out", str(tmp_path / "b2"), *as_sup)[0] == 2
+    )
+    assert run(capsys, "export", "--all", "--out", str(out_dir), *as_sup)[0] == 2  # not empty
 
     code, text, _ = run(capsys, "ledger", "verify", "--json")
     assert code == 0, text
@@ -211,7 +223,7 @@ def test_full_cycle(
     assert new_key != verifier
     assert run(capsys, "ledger", "verify")[0] == 0
     after = tmp_path / "after"
-    assert run(capsys, "export", "--all", "--out", str(after))[0] == 0
+    assert run(capsys, "export", "--all", "--out", str(after), *as_sup)[0] == 0
     # The auditor's old key still verifies, through the rotation entry signed by both keys.
     assert run(capsys, "verify", str(after), "--key", vkey.strip())[0] == 0
     assert run(capsys, "verify", str(after), "--key", new_key.vkey)[0] == 0
