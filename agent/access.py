@@ -11,13 +11,26 @@ Authorisation is the role table's (agent.roles): ``view`` and ``play`` need
 recordings only); ``copy``, ``export`` and ``disclose`` need ``export``.
 The entry is appended before the bytes are handed out, so a crash can leave a
 logged access that did not happen, never an access that was not logged.
+
+A purpose is one line of printable text (``check_purpose``): no control
+characters, line or paragraph separators or bidirectional overrides, so what
+an auditor reads in the log is what was typed, and a purpose cannot forge a
+line of the log or reorder its text on the screen. The kiosk offers common
+purposes (``PURPOSE_KINDS``, written with ``purpose_text``); the command line
+takes any text.
+
+A recording that was purged (a ``purge`` entry names its digest; agent.retention)
+or whose stored copy is gone cannot be viewed or played: ``stored_path`` says
+so before anything is logged.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from agent.roles import PermissionDeniedError, ScopedActor, officer_scope, require
 from hashing.entries import EXPORT, Entry, parse_time
@@ -36,16 +49,65 @@ PERMISSION = {
     DISCLOSE: "export",
 }
 PURPOSE_MAX = 200
+PURGE = "purge"  # agent.retention's entry: {sha256, ...}; the stored copy is gone for good
+# Bidirectional embeddings, overrides and isolates (Unicode TR 9): they reorder text on
+# the screen, so "purpose" could be made to read differently from what is stored.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+# The kiosk's common purposes (Art. 18): kind -> (words in the ledger, detail required?).
+# The ledger says them in English whatever the screen's language; the kiosk shows them
+# translated (agent.kiosk.i18n "purpose.kind.*").
+PURPOSE_KINDS: dict[str, tuple[str, bool]] = {
+    "case_work": ("case work", False),  # 案件办理, with the case number if there is one
+    "spot_check": ("spot check", False),  # 抽检 (Art. 19), with the draw if there is one
+    "disclosure": ("disclosure request", True),  # 信息公开申请: its number is required
+    "inspection": ("inspection", False),  # 督察
+    "other": ("other", True),  # 其他: say what
+}
 
 
 def check_purpose(text: str | None) -> str:
-    """A purpose is required and printable: a request number, a case id, a reason."""
+    """A purpose is required and printable: a request number, a case id, a reason.
+
+    Returns it without surrounding blanks. Raises InputError when it is missing,
+    longer than PURPOSE_MAX characters, or holds a control character, a line or
+    paragraph separator or a bidirectional control."""
     if text is None or not text.strip():
-        raise InputError("give a purpose: why (e.g. a disclosure request number or a case id)")
+        raise InputError(
+            "give a purpose: why the recordings are needed "
+            "(e.g. a disclosure request number or a case id)"
+        )
     purpose = text.strip()
-    if len(purpose) > PURPOSE_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in purpose):
-        raise InputError(f"purpose: at most {PURPOSE_MAX} printable characters, one line")
+    if len(purpose) > PURPOSE_MAX:
+        raise InputError(
+            f"purpose is {len(purpose)} characters long; at most {PURPOSE_MAX}: "
+            "give the request number or case id and a few words"
+        )
+    bad = next((c for c in purpose if _unprintable(c)), None)
+    if bad is not None:
+        raise InputError(
+            f"purpose holds the control character U+{ord(bad):04X}; "
+            "write it as one line of plain text"
+        )
     return purpose
+
+
+def _unprintable(c: str) -> bool:
+    return c in _BIDI or unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def purpose_text(kind: str, detail: str | None = None) -> str:
+    """The purpose a kiosk user chose, as the ledger says it: ``"disclosure request:
+    GK-2026-017"``, ``"spot check"``. Raises InputError for an unknown kind, a kind
+    whose detail is required but missing, or a detail check_purpose refuses."""
+    if kind not in PURPOSE_KINDS:
+        raise InputError(f"purpose kind {kind!r}: one of {', '.join(PURPOSE_KINDS)}")
+    words, needs_detail = PURPOSE_KINDS[kind]
+    detail = (detail or "").strip()
+    if needs_detail and not detail:
+        what = "the request number" if kind == "disclosure" else "what it is"
+        raise InputError(f"purpose {words}: give {what}")
+    return check_purpose(f"{words}: {detail}" if detail else words)
 
 
 def authorise(
@@ -76,6 +138,39 @@ def authorise(
                 f"user {user.name if user else '?'!r} may only {action} recordings of officer "
                 f"{scope}; not theirs: {', '.join(foreign)}"
             )
+
+
+def purge_entry(station: Station, sha256: str) -> int | None:
+    """The seq of the ``purge`` entry of ``sha256``, or None if it was never purged."""
+    rows = station.ledger.execute(
+        # instr() on the raw bytes only narrows the search; each body is then read.
+        "SELECT data FROM entries WHERE type = ? AND instr(data, CAST(? AS BLOB)) > 0 ORDER BY seq",
+        (PURGE, sha256),
+    )
+    for (data,) in rows:
+        entry = Entry.parse(bytes(data))
+        if entry.body.get("sha256") == sha256:
+            return entry.seq
+    return None
+
+
+def stored_path(station: Station, sha256: str) -> Path:
+    """The stored copy of a recording, to be viewed or played. Raises InputError if
+    it was purged (naming the ``purge`` entry) or is missing from the store (which
+    ``evidock ledger verify`` reports as file_missing)."""
+    purged = purge_entry(station, sha256)
+    if purged is not None:
+        raise InputError(
+            f"recording {sha256} was purged under the retention rules (ledger entry "
+            f"{purged}); only its ledger entries remain: see `evidock show {sha256}`"
+        )
+    path = station.store.path_for(sha256)
+    if not path.is_file():
+        raise InputError(
+            f"recording {sha256} is in the ledger but its stored copy {path} is missing; "
+            "run `evidock ledger verify` and tell the station's administrator"
+        )
+    return path
 
 
 def record_access(
@@ -139,15 +234,18 @@ def _record(entry: Entry) -> AccessRecord:
 
 
 def access_records(station: Station) -> Iterator[AccessRecord]:
-    """Every access and export, in ledger order."""
-    seqs = sorted(
-        int(seq)
-        for (seq,) in station.ledger.execute(
-            "SELECT seq FROM entries WHERE type IN (?, ?)", (ACCESS, EXPORT)
+    """Every access and export, in ledger order (read in batches: memory stays flat)."""
+    after = -1
+    while True:
+        rows = station.ledger.execute(
+            "SELECT seq, data FROM entries WHERE type IN (?, ?) AND seq > ? ORDER BY seq LIMIT 2048",
+            (ACCESS, EXPORT, after),
         )
-    )
-    for seq in seqs:
-        yield _record(station.ledger.entry(seq))
+        if not rows:
+            return
+        for _, data in rows:
+            yield _record(Entry.parse(bytes(data)))
+        after = int(rows[-1][0])
 
 
 def access_log(

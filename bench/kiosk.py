@@ -303,6 +303,14 @@ class Client:
         form = f"csrf={token.group(1).decode()}&name=sup&secret={PASSWORD}&next=/recordings"
         status, _, _, _ = self.request("POST", "/login", body=form)
         assert status == 303 and "evidock_session" in self.cookies, f"login failed ({status})"
+        # The kiosk asks why before it shows any recording (Art. 18): state a purpose
+        # with the session's token (the last form on the page is the purpose form).
+        status, page, _ = self.get("/purpose")
+        tokens = re.findall(rb'name="csrf" value="([^"]+)"', page)
+        assert status == 200 and tokens, f"no purpose form ({status})"
+        form = f"csrf={tokens[-1].decode()}&kind=case_work&detail=bench&next=/recordings"
+        status, _, _, _ = self.request("POST", "/purpose", body=form)
+        assert status == 303, f"purpose refused ({status})"
 
     def close(self) -> None:
         self.conn.close()

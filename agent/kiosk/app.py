@@ -13,12 +13,36 @@ Routes::
     GET  /login, POST /login    log in (user name and password or PIN)
     POST /logout                end the session
     POST /lang                  choose the language (cookie)
+    GET  /purpose, POST /purpose  state (or change) why recordings are looked at
     GET  /recordings            recent recordings with thumbnails; filters; tag form
     GET  /recordings/{sha256}   one recording: facts, cases, anomalies, player
     POST /tag                   bind recordings to a case (agent.records.tag, by the user)
-    GET  /thumbs/{sha256}.jpg   thumbnail of a recording in the ledger
-    GET  /media/{sha256}        the stored recording, with HTTP Range, for <video>
+    GET  /thumbs/{sha256}.jpg   thumbnail of a recording this session's log covers
+    GET  /media/{sha256}?grant= the stored recording, with HTTP Range, for the player
+    GET  /access                the access log (auditors and admins)
     GET  /static/...            CSS and script (no CDN: a kiosk has no internet)
+
+The access log (Art. 18, Art. 20 (3); agent.access): nothing of a recording
+leaves the page without an ``access`` entry naming the user, their role, the
+recordings and the purpose.
+
+- A user who may look at recordings states a purpose first (``/purpose``: a
+  case, a spot check, a disclosure request with its number, an inspection, or
+  another reason in words). It is kept with the session on the server
+  (agent.kiosk.grants), shown in the top bar, changeable there, and asked
+  again at every login.
+- Opening a recording's page appends a ``view`` entry. If the user's role may
+  play it, a ``play`` entry too, and the player's URL carries a grant for this
+  session, user and recording (grants.py): the Range requests of that playback
+  need it, and no further entry. A page load is one ``play`` entry; ``/media``
+  without a valid grant is 403.
+- Thumbnails are stills of the footage. The list page logs one ``view`` entry
+  for the recordings whose thumbnails it shows for the first time in this
+  session under this purpose, and ``/thumbs`` serves only those the session's
+  entries cover. Paging back, reloading and the dock screen's live updates
+  (which carry no pictures) add nothing.
+- Admins see no recordings (agent.roles); officers only their own: a refused
+  request appends nothing.
 
 Threat model, and what answers it:
 
@@ -38,15 +62,18 @@ Threat model, and what answers it:
   digest that must be 64 hex characters *and* name a recording in the
   ledger; the path is built from the digest, never from the request. Roles
   decide who may view, play and tag (agent.roles); an officer sees only
-  recordings bound to their own police number.
+  recordings bound to their own police number. A thumbnail goes out only
+  when this session's ``view`` entries cover it, the recording's bytes only
+  with the player's grant (above), and a guessed or borrowed URL is 403.
 - DNS rebinding: requests must name this host (127.0.0.1, localhost or the
   configured address), or they get 400.
 - Clickjacking and leaks: X-Frame-Options DENY, frame-ancestors 'none',
   Referrer-Policy no-referrer, nosniff, no-store on pages.
 
 Every change of state a user makes is a ledger entry naming them: tagging is
-``agent.records.tag(..., by=user.name)``, as the CLI's; logins and their
-failures are recorded by agent.users.
+``agent.records.tag(..., by=user.name)``, as the CLI's; every look at a
+recording is an ``access`` entry (agent.access.record_access, as `evidock
+play`); logins and their failures are recorded by agent.users.
 """
 
 from __future__ import annotations
@@ -61,7 +88,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -84,9 +111,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent import records, schema
+from agent import access, records, schema
 from agent.kiosk import i18n
 from agent.kiosk.catalog import Catalog, Filters, is_sha256
+from agent.kiosk.grants import AccessState, Purpose
 from agent.kiosk.i18n import Translator
 from agent.kiosk.views import EMPTY_TILE, dock_view, duration_text, local_time, size_text
 from agent.roles import PermissionDeniedError, can, officer_scope
@@ -118,7 +146,13 @@ SECURITY_HEADERS = {
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
 }
-ACTIVE = {"dock.html": "dock", "recordings.html": "recordings", "recording.html": "recordings"}
+ACTIVE = {
+    "dock.html": "dock",
+    "recordings.html": "recordings",
+    "recording.html": "recordings",
+    "access.html": "access",
+}
+ACCESS_ROWS = 500  # the access page shows the newest this many; filters narrow it
 # What may be played in the page, by the recording's file extension.
 PLAYABLE = {"video", "audio", "image"}
 
@@ -131,6 +165,8 @@ class KioskSettings:
     live_interval_s: float = 1.0  # how often the live feed looks for a change
     snapshot_every_s: float = 0.5  # one daemon snapshot serves every screen this long
     refresh_s: int = 5  # the meta refresh of the dock screen without scripts
+    grant_idle_s: float = 600.0  # a player grant lapses after this long unused (grants.py)
+    grant_max_s: float = 4 * 3600.0  # ... and this long after it was issued
 
 
 class SecurityHeaders:
@@ -212,6 +248,7 @@ class Kiosk:
             snapshot, self.catalog, settings.utc_offset_minutes, settings.snapshot_every_s
         )
         self.thumbs = station.home / "thumbs"
+        self.access = AccessState(idle_s=settings.grant_idle_s, max_s=settings.grant_max_s)
         self.closing = threading.Event()  # set by the server at shutdown: streams end
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -254,6 +291,7 @@ class Kiosk:
         anon = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
         user = who[0] if who else None
         role = user.role if user else None
+        purpose = self.access.purpose(who[1].token) if who else None
         body = self.env.get_template(template).render(
             t=t,
             lang=lang,
@@ -262,6 +300,7 @@ class Kiosk:
             anon_csrf=anon,
             csrf=who[1].csrf if who else "",
             user=user,
+            purpose=purpose,
             role_text=t(f"role.{role}") if role else "",
             may=lambda action: role is not None and can(role, action),
             here=_here(request),
@@ -378,7 +417,9 @@ class Kiosk:
         old = request.cookies.get(SESSION_COOKIE)
         if old and not hmac.compare_digest(old.encode(), session.token.encode()):
             await run_in_threadpool(self.users.logout, old)
-        response = RedirectResponse(target, status_code=303)
+            self.access.forget(old)
+        user = await run_in_threadpool(self.users.get, session.user)
+        response = RedirectResponse(_landing(user, target), status_code=303)
         # No Max-Age: the server decides when a session ends (it slides while used).
         _set_cookie(response, SESSION_COOKIE, session.token)
         return response
@@ -390,9 +431,92 @@ class Kiosk:
             if not self.same_origin(request) or not _token_ok(form, who[1]):
                 return self.error(request, 403, "error.csrf", who)
             await run_in_threadpool(self.users.logout, who[1].token)
+            self.access.forget(who[1].token)
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
+
+    # -- purpose ---------------------------------------------------------------------
+
+    @staticmethod
+    def may_see(user: User) -> bool:
+        """Whether ``user`` may look at recordings at all: every look is an access
+        entry, which needs the ``play`` permission and an officer scope."""
+        return can(user.role, "play") and Kiosk.scope(user) is not False
+
+    async def purpose_page(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        if who is None:
+            return _to_login(request)
+        if not self.may_see(who[0]):
+            return self.error(request, 403, "error.forbidden", who)
+        current = self.access.purpose(who[1].token)
+        return self.render(
+            request,
+            "purpose.html",
+            who=who,
+            kinds=list(access.PURPOSE_KINDS),
+            chosen=current.kind if current else "",
+            detail=current.detail if current else "",
+            problem="",
+            next=_local(request.query_params.get("next", "/recordings")),
+        )
+
+    async def set_purpose(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        form = await self.form(request)
+        if who is None:
+            return self.error(request, 403, "error.login_needed")
+        if not self.same_origin(request) or not _token_ok(form, who[1]):
+            return self.error(request, 403, "error.csrf", who)
+        if not self.may_see(who[0]):
+            return self.error(request, 403, "error.forbidden", who)
+        kind, detail = str(form.get("kind", "")), str(form.get("detail", ""))
+        target = _local(str(form.get("next", "/recordings")))
+        try:
+            text = access.purpose_text(kind, detail)
+        except InputError:
+            if kind not in access.PURPOSE_KINDS:
+                problem = "purpose.need_kind"
+            elif access.PURPOSE_KINDS[kind][1] and not detail.strip():
+                problem = f"purpose.need_detail.{kind}"
+            else:
+                problem = "purpose.bad_text"
+            return self.render(
+                request,
+                "purpose.html",
+                400,
+                who=who,
+                kinds=list(access.PURPOSE_KINDS),
+                chosen=kind if kind in access.PURPOSE_KINDS else "",
+                detail=detail[: access.PURPOSE_MAX * 2],
+                problem=problem,
+                next=target,
+            )
+        self.access.set_purpose(who[1].token, Purpose(kind, detail.strip(), text))
+        log.info("user %s states the purpose %r", who[0].name, text)
+        return RedirectResponse(target, status_code=303)
+
+    def need_purpose(self, request: Request, who: tuple[User, Session]) -> Purpose | Response:
+        """The session's purpose, or the response that refuses (403: the role sees no
+        recordings) or asks for one first (a redirect to /purpose, then back)."""
+        if not self.may_see(who[0]):
+            return self.error(request, 403, "error.forbidden", who)
+        purpose = self.access.purpose(who[1].token)
+        if purpose is None:
+            target = "/purpose?" + urlencode({"next": _here(request)})
+            return RedirectResponse(target, status_code=303)
+        return purpose
+
+    def log_access(
+        self, user: User, action: str, files: list[str], purpose: Purpose, detail: str
+    ) -> int:
+        """Append the ``access`` entry (agent.access.record_access); its seq."""
+        entry = access.record_access(self.station, user, action, files, purpose.text, detail=detail)
+        log.info(
+            "user %s: %s of %d recording(s), entry %d", user.name, action, len(files), entry.seq
+        )
+        return entry.seq
 
     # -- recordings ------------------------------------------------------------------
 
@@ -410,9 +534,10 @@ class Kiosk:
         if who is None:
             return _to_login(request)
         user = who[0]
+        purpose = self.need_purpose(request, who)
+        if isinstance(purpose, Response):
+            return purpose
         scope = self.scope(user)
-        if scope is False:
-            return self.error(request, 403, "error.forbidden", who)
         q = request.query_params
         day: date | None = None
         if q.get("date"):
@@ -436,6 +561,17 @@ class Kiosk:
         )
         officers, devices = await run_in_threadpool(self.catalog.options)
         thumbs = await run_in_threadpool(self.thumbs_of, [r.sha256 for r in page.rows])
+        # Thumbnails are stills of the footage: the ones not yet covered by this session's
+        # entries are logged as one view before the page that shows them goes out.
+        new = self.access.claim_views(who[1].token, thumbs)
+        if new:
+            try:
+                await run_in_threadpool(
+                    self.log_access, user, access.VIEW, new, purpose, "kiosk: list thumbnails"
+                )
+            except EvidockError:
+                self.access.release_views(who[1].token, new)
+                raise
         tagged = None
         if q.get("tagged", "").isdigit():
             body = await run_in_threadpool(self.catalog.tag_entry, int(q["tagged"]))
@@ -478,15 +614,39 @@ class Kiosk:
         who = await run_in_threadpool(self.who, request)
         if who is None:
             return _to_login(request)
+        user, session = who
         sha = str(request.path_params["sha256"])
         rec = await run_in_threadpool(self.catalog.recording, sha)
         if rec is None:
             return self.error(request, 404, "error.not_found", who)
-        if not self.may_view(who[0], rec.officer):
+        if not self.may_see(user) or not self.may_view(user, rec.officer):
             return self.error(request, 403, "error.forbidden", who)
+        purpose = self.need_purpose(request, who)
+        if isinstance(purpose, Response):
+            return purpose
         anomalies = await run_in_threadpool(self.catalog.anomalies_of, rec)
         has_thumb = bool(await run_in_threadpool(self.thumbs_of, [rec.sha256]))
         kind = mimetypes.guess_type(rec.name)[0] or ""
+        media_kind = kind.split("/", 1)[0] if kind else ""
+        gone = ""
+        try:
+            await run_in_threadpool(access.stored_path, self.station, sha)
+        except InputError as e:
+            gone = str(e)
+        # The page shows the recording's facts and picture: a view, logged first.
+        logged = [
+            await run_in_threadpool(
+                self.log_access, user, access.VIEW, [sha], purpose, "kiosk: recording page"
+            )
+        ]
+        self.access.claim_views(session.token, [sha])  # its thumbnail may now go out
+        grant = ""
+        if media_kind in PLAYABLE and not gone and can(user.role, "play"):
+            seq = await run_in_threadpool(
+                self.log_access, user, access.PLAY, [sha], purpose, "kiosk: player"
+            )
+            logged.append(seq)
+            grant = self.access.issue(session.token, user.name, sha, seq)
         return self.render(
             request,
             "recording.html",
@@ -494,7 +654,10 @@ class Kiosk:
             rec=rec,
             anomalies=anomalies,
             has_thumb=has_thumb,
-            media_kind=kind.split("/", 1)[0] if kind else "",
+            media_kind=media_kind,
+            media_url=f"/media/{sha}?" + urlencode({"grant": grant}) if grant else "",
+            gone=gone,
+            logged=logged,
             kinds=records.ACT_KINDS,
             retentions=records.RETENTION_CLASSES,
         )
@@ -534,13 +697,63 @@ class Kiosk:
         back = f"{path}?{urlencode([*kept, ('tagged', str(entry.seq))])}"
         return RedirectResponse(back, status_code=303)
 
+    # -- the access log --------------------------------------------------------------
+
+    async def access_page(self, request: Request) -> Response:
+        who = await run_in_threadpool(self.who, request)
+        if who is None:
+            return _to_login(request)
+        if not can(who[0].role, "view_access_log"):
+            log.warning("user %s (%s) asked for the access log; refused", who[0].name, who[0].role)
+            return self.error(request, 403, "error.forbidden", who)
+        q = request.query_params
+        name = q.get("user", "").strip()[:64]
+        sha = q.get("sha256", "").strip().lower()
+        if sha and not is_sha256(sha):
+            return self.error(request, 400, "error.bad_input", who, message=f"SHA-256: {sha[:80]}")
+        zone = timezone(timedelta(minutes=self.settings.utc_offset_minutes))
+        bounds: list[datetime | None] = []
+        for key, extra in (("from", 0), ("to", 1)):  # local days; "to" includes its day
+            text = q.get(key, "")
+            if not text:
+                bounds.append(None)
+                continue
+            try:
+                day = date.fromisoformat(text)
+            except ValueError:
+                return self.error(request, 400, "error.bad_input", who, message=text[:80])
+            start = datetime(day.year, day.month, day.day, tzinfo=zone)
+            bounds.append(start + timedelta(days=extra))
+        found = await run_in_threadpool(
+            lambda: access.access_log(
+                self.station, user=name or None, sha256=sha or None, start=bounds[0], end=bounds[1]
+            )
+        )
+        found.reverse()  # newest first
+        return self.render(
+            request,
+            "access.html",
+            who=who,
+            rows=found[:ACCESS_ROWS],
+            total=len(found),
+            shown=min(len(found), ACCESS_ROWS),
+            filter_user=name,
+            filter_sha=sha,
+            filter_from=q.get("from", "")[:10],
+            filter_to=q.get("to", "")[:10],
+            may_open=self.may_see(who[0]),
+        )
+
     # -- files -----------------------------------------------------------------------
 
     async def thumb(self, request: Request) -> Response:
         sha = str(request.path_params["sha256"])
-        denied = await self.file_access(request, sha, "view")
-        if denied is not None:
-            return denied
+        denied, who = await self.file_access(request, sha)
+        if denied is not None or who is None:
+            return denied or Response(status_code=403)
+        # Only stills this session's entries cover (the list or the recording's page).
+        if not self.access.viewed(who[1].token, sha):
+            return Response(status_code=403)
         path = self.thumbs / f"{sha}.jpg"  # built from a checked digest, never from the URL
         if not path.is_file():
             return Response(status_code=404)
@@ -550,9 +763,16 @@ class Kiosk:
 
     async def media(self, request: Request) -> Response:
         sha = str(request.path_params["sha256"])
-        denied = await self.file_access(request, sha, "play")
-        if denied is not None:
-            return denied
+        denied, who = await self.file_access(request, sha)
+        if denied is not None or who is None:
+            return denied or Response(status_code=403)
+        user, session = who
+        grant = self.access.use(
+            request.query_params.get("grant", ""), session.token, user.name, sha
+        )
+        if grant is None:  # another user's, another recording's, expired, or none
+            log.warning("user %s asked for %s without a valid grant; refused", user.name, sha)
+            return Response(status_code=403)
         rec = await run_in_threadpool(self.catalog.recording, sha)
         kind = (mimetypes.guess_type(rec.name)[0] if rec else None) or ""
         if kind.split("/", 1)[0] not in PLAYABLE:
@@ -566,23 +786,23 @@ class Kiosk:
             headers={"cache-control": "private, no-store", "content-disposition": "inline"},
         )
 
-    async def file_access(self, request: Request, sha: str, what: str) -> Response | None:
-        """None if the logged-in user may ``what`` ("view" or "play") the recording
-        ``sha`` of the ledger; else the response that refuses."""
+    async def file_access(
+        self, request: Request, sha: str
+    ) -> tuple[Response | None, tuple[User, Session] | None]:
+        """(None, who) if the logged-in user may see the recording ``sha`` of the
+        ledger at all (role and officer scope); else (the response that refuses, who)."""
         if not is_sha256(sha):
-            return Response(status_code=404)
+            return Response(status_code=404), None
         who = await run_in_threadpool(self.who, request)
         if who is None:
-            return Response(status_code=403)
+            return Response(status_code=403), None
         known, officer = await run_in_threadpool(self.catalog.owner, sha)
         if not known:
-            return Response(status_code=404)
+            return Response(status_code=404), who
         user = who[0]
-        if not self.may_view(user, officer) or (what == "play" and not can(user.role, "play")):
-            return Response(status_code=403)
-        if what == "play":
-            log.info("user %s plays %s", user.name, sha)
-        return None
+        if not self.may_see(user) or not self.may_view(user, officer):
+            return Response(status_code=403), who
+        return None, who
 
 
 def _token_ok(form: FormData, session: Session) -> bool:
@@ -601,6 +821,14 @@ def _local(target: str) -> str:
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
+
+
+def _landing(user: User | None, target: str) -> str:
+    """Where a login goes: the page asked for, but a role that sees no recordings is
+    sent to what it may use instead (admins: the access log) rather than a refusal."""
+    if user is None or not target.startswith("/recordings") or Kiosk.may_see(user):
+        return target
+    return "/access" if can(user.role, "view_access_log") else "/"
 
 
 def _here(request: Request) -> str:
@@ -637,11 +865,14 @@ def create_app(
         Route("/login", kiosk.login, methods=["POST"]),
         Route("/logout", kiosk.logout, methods=["POST"]),
         Route("/lang", kiosk.set_language, methods=["POST"]),
+        Route("/purpose", kiosk.purpose_page, methods=["GET"]),
+        Route("/purpose", kiosk.set_purpose, methods=["POST"]),
         Route("/recordings", kiosk.recordings),
         Route("/recordings/{sha256}", kiosk.recording),
         Route("/tag", kiosk.tag, methods=["POST"]),
         Route("/thumbs/{sha256}.jpg", kiosk.thumb),
         Route("/media/{sha256}", kiosk.media),
+        Route("/access", kiosk.access_page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(

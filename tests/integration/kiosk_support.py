@@ -144,8 +144,11 @@ def add_user(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def login(page: Page, base: str, name: str, secret: str) -> None:
-    """Log in through the form; AssertionError (with the page text) if it did not take."""
+def login(
+    page: Page, base: str, name: str, secret: str, *, purpose: tuple[str, str] | None = None
+) -> None:
+    """Log in through the form; AssertionError (with the page text) if it did not take.
+    With ``purpose`` (kind, detail), state it on the form a login leads to."""
     page.goto(base + "login")
     page.fill("[data-test=name]", name)
     page.fill("[data-test=secret]", secret)
@@ -153,6 +156,20 @@ def login(page: Page, base: str, name: str, secret: str) -> None:
     page.wait_for_load_state()
     who = page.locator("[data-test=who]")
     assert who.count() == 1, f"login as {name} failed: {page.inner_text('main')}"
+    if purpose is not None:
+        state_purpose(page, *purpose)
+
+
+def state_purpose(page: Page, kind: str = "case_work", detail: str = "") -> None:
+    """Fill in and send the purpose form the page shows (Art. 18: why recordings are
+    looked at); AssertionError with the page text if the kiosk did not take it."""
+    assert urllib.parse.urlsplit(page.url).path == "/purpose", f"no purpose form: {page.url}"
+    page.check(f"[data-test=purpose-{kind}]")
+    page.fill("[data-test=purpose-detail]", detail)
+    page.click("[data-test=purpose-submit]")
+    page.wait_for_load_state()
+    path = urllib.parse.urlsplit(page.url).path
+    assert path != "/purpose", f"purpose not taken: {page.inner_text('main')}"
 
 
 def cookie(context: BrowserContext, name: str) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from tests.integration.kiosk_support import (
     numbered_clips,
     session_csrf,
     sse_events,
+    state_purpose,
     wait_http,
 )
 
@@ -65,6 +66,7 @@ ADMIN = ("adm", "admin-secret-1")
 OFFICER_ID = "100101"  # the officer account's id: camera A is bound to it
 OTHER_OFFICER = "100202"
 CAM_A, CAM_B = "KIOSK0001", "KIOSK0002"
+CASE_WORK = ("case_work", "A2026-0042")  # the purpose most tests state after logging in
 
 
 def need_ffmpeg() -> None:
@@ -261,7 +263,7 @@ def test_supervisor_tags_clips_and_the_tag_entry_names_them(pw: Playwright, site
         assert "未绑定警员" in unassigned.inner_text()
         site.screens.shot(page, "kiosk-dock")
 
-        login(page, site.url(), *SUPERVISOR)
+        login(page, site.url(), *SUPERVISOR, purpose=CASE_WORK)
         assert page.url.endswith("/recordings")
         rows = page.locator("table.recordings tbody tr")
         assert rows.count() == 6
@@ -314,12 +316,15 @@ def test_supervisor_tags_clips_and_the_tag_entry_names_them(pw: Playwright, site
 def test_supervisor_plays_a_clip_in_the_page_with_range_requests(
     pw: Playwright, site: Site
 ) -> None:
+    """One page load is one ``view`` and one ``play`` entry, naming the user, their role,
+    the recording and the purpose; the Range requests of the playback add none."""
     sha = sorted(site.clips_b)[0]
     stored = site.rig.home / "store" / sha[:2] / sha[2:4] / sha
     data = stored.read_bytes()
     with browser(pw, site.tmp / "browser-play") as context:
         page = context.new_page()
-        login(page, site.url(), *SUPERVISOR)
+        login(page, site.url(), *SUPERVISOR, purpose=("disclosure", "GK-2026-017"))
+        before = len(accesses(site))
         page.goto(site.url(f"/recordings/{sha}"))
         assert page.inner_text("[data-test=name]") == site.clips_b[sha]
         video = page.locator("video[data-test=player]")
@@ -333,14 +338,28 @@ def test_supervisor_plays_a_clip_in_the_page_with_range_requests(
         page.wait_for_function("() => document.querySelector('video').currentTime > 0.2")
         site.screens.shot(page, "kiosk-player")
 
-        ranged = context.request.get(site.url(f"/media/{sha}"), headers={"Range": "bytes=100-199"})
+        src = video.get_attribute("src") or ""
+        assert src.startswith(f"/media/{sha}?grant="), src
+        ranged = context.request.get(site.url(src), headers={"Range": "bytes=100-199"})
         assert ranged.status == 206
         assert ranged.headers["content-range"] == f"bytes 100-199/{len(data)}"
         assert ranged.body() == data[100:200]
         assert ranged.headers["content-type"] == "video/mp4"
-        whole = context.request.get(site.url(f"/media/{sha}"))
+        whole = context.request.get(site.url(src))
         assert whole.status == 200 and whole.body() == data
         assert whole.headers["accept-ranges"] == "bytes"
+        for start in range(0, len(data), max(1, len(data) // 5)):
+            part = context.request.get(site.url(src), headers={"Range": f"bytes={start}-"})
+            assert part.status == 206 and part.body() == data[start:]
+        # without the grant, the bytes are not served
+        assert context.request.get(site.url(f"/media/{sha}")).status == 403
+        new = accesses(site)[before:]
+        logged = page.inner_text("[data-test=logged]")
+    assert [(e["action"], e["user"], e["role"], e["files"], e["purpose"]) for e in new] == [
+        ("view", "sup", "supervisor", [sha], "disclosure request: GK-2026-017"),
+        ("play", "sup", "supervisor", [sha], "disclosure request: GK-2026-017"),
+    ], new
+    assert all(str(e["seq"]) in logged for e in new), logged
 
 
 def test_officer_cannot_tag_and_sees_only_their_own(pw: Playwright, site: Site) -> None:
@@ -348,7 +367,7 @@ def test_officer_cannot_tag_and_sees_only_their_own(pw: Playwright, site: Site) 
     own, other = sorted(site.clips_a)[0], sorted(site.clips_b)[0]
     with browser(pw, site.tmp / "browser-off") as context:
         page = context.new_page()
-        login(page, site.url(), *OFFICER)
+        login(page, site.url(), *OFFICER, purpose=CASE_WORK)
         assert page.url.endswith("/recordings")
         shown = {
             page.locator("table.recordings tbody tr").nth(i).get_attribute("data-sha256")
@@ -370,11 +389,18 @@ def test_officer_cannot_tag_and_sees_only_their_own(pw: Playwright, site: Site) 
             form={"csrf": csrf, "sha256": own, "case": "FORGED-1", "kind": "other"},
         )
         assert forged.status == 403
-        # another officer's recording: neither its page, its thumbnail nor its bytes
+        # another officer's recording: neither its page, its thumbnail nor its bytes,
+        # and the refusals are not logged as accesses
+        logged = len(accesses(site))
+        own_src = page.locator("video[data-test=player]").get_attribute("src") or ""
         assert context.request.get(site.url(f"/recordings/{other}")).status == 403
         assert context.request.get(site.url(f"/thumbs/{other}.jpg")).status == 403
         assert context.request.get(site.url(f"/media/{other}")).status == 403
+        forged_src = own_src.replace(own, other)  # their own grant, for another recording
+        assert context.request.get(site.url(forged_src)).status == 403
+        assert len(accesses(site)) == logged, "a refused request was logged"
         assert context.request.get(site.url(f"/thumbs/{own}.jpg")).status == 200
+        assert context.request.get(site.url(own_src), headers={"Range": "bytes=0-9"}).status == 206
     assert len(of_type(site.rig.home, "tag")) == before, "a forged POST was recorded"
 
 
@@ -382,13 +408,23 @@ def test_roles_that_may_not_play_or_view(pw: Playwright, site: Site) -> None:
     sha = sorted(site.clips_a)[0]
     with browser(pw, site.tmp / "browser-roles") as context:
         page = context.new_page()
+        before = len(accesses(site))
         login(page, site.url(), *ADMIN)  # admins manage the appliance, not evidence
+        assert page.url.endswith("/access")  # where a login takes them instead
         assert page.locator("a[href='/recordings']").count() == 0
         assert context.request.get(site.url("/recordings")).status == 403
+        assert context.request.get(site.url(f"/recordings/{sha}")).status == 403
+        assert context.request.get(site.url("/purpose")).status == 403
         assert context.request.get(site.url(f"/media/{sha}")).status == 403
+        assert context.request.get(site.url(f"/thumbs/{sha}.jpg")).status == 403
+        stated = context.request.post(
+            site.url("/purpose"), form={"csrf": session_csrf(page), "kind": "inspection"}
+        )
+        assert stated.status == 403
+        assert len(accesses(site)) == before, "an admin's refused request was logged"
         page.click("[data-test=logout]")
         page.wait_for_load_state()
-        login(page, site.url(), *AUDITOR)  # auditors see and play, but do not tag
+        login(page, site.url(), *AUDITOR, purpose=("spot_check", ""))  # see and play, no tags
         page.goto(site.url(f"/recordings/{sha}"))
         assert page.locator("video[data-test=player]").count() == 1
         assert page.locator("form[action='/tag']").count() == 0
@@ -434,11 +470,15 @@ def test_language_switch(pw: Playwright, site: Site) -> None:
         page.reload()
         assert page.inner_text("[data-test=login]") == "Log in"
         login(page, site.url(), *SUPERVISOR)
+        assert page.locator("h1").inner_text() == "Purpose"
+        state_purpose(page, *CASE_WORK)
         assert page.locator("h1").inner_text() == "Recordings"
+        assert page.inner_text("[data-test=purpose-text]") == "Case work: A2026-0042"
         page.click("[data-test=lang-zh-CN]")
         page.wait_for_load_state()
         assert page.url.endswith("/recordings")
         assert page.locator("h1").inner_text() == "音视频记录"
+        assert page.inner_text("[data-test=purpose-text]") == "案件办理：A2026-0042"
 
 
 # -- 4. cross-site scripting through names and tags -----------------------------------------
@@ -454,7 +494,7 @@ def test_a_file_name_holding_html_shows_as_text(pw: Playwright, site: Site) -> N
             dialog.dismiss()
 
         page.on("dialog", on_dialog)
-        login(page, site.url(), *SUPERVISOR)
+        login(page, site.url(), *SUPERVISOR, purpose=CASE_WORK)
         row = page.locator(f"tr[data-sha256='{site.hostile}']")
         assert row.locator("[data-test=name]").inner_text() == HOSTILE_NAME
         assert page.locator("img[src='x']").count() == 0
@@ -505,6 +545,15 @@ def test_posts_without_or_with_a_wrong_csrf_token_are_refused(pw: Playwright, si
             headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
         )
         assert other_origin.status == 403
+        # the purpose form is a session's form too
+        assert post(site.url("/purpose"), form={"kind": "inspection"}).status == 403
+        assert post(site.url("/purpose"), form={"kind": "inspection", "csrf": wrong}).status == 403
+        evil = post(
+            site.url("/purpose"),
+            form={"kind": "inspection", "csrf": token},
+            headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+        )
+        assert evil.status == 403
         # the login and language forms come before a session: their token is the cookie's
         assert post(site.url("/login"), form={"name": "sup", "secret": "x"}).status == 403
         assert post(site.url("/lang"), form={"lang": "en", "csrf": "forged"}).status == 403
@@ -609,6 +658,267 @@ def test_live_updates_are_server_sent_events_only_when_changed(site: Site) -> No
     tiles = {t["device"]: t for t in view["tiles"]}
     assert tiles[CAM_A]["safe"] is True and tiles[CAM_A]["unplug"] == "可以拔出"
     assert view["uplink"]["state"] == "unconfigured"
+
+
+# -- 6. the access log: purposes, view and play entries, grants (issue 6 §3, Art. 18) ---------
+
+HOSTILE_PURPOSE = "<script>window.pwned=1</script><img src=x onerror=alert(2)>"
+
+
+def test_a_purpose_is_required_before_any_recording(pw: Playwright, site: Site) -> None:
+    """Nothing of a recording is shown before a purpose is stated; the list's thumbnails
+    are one ``view`` entry, not one per reload; a new purpose and a new login start over."""
+    sha = sorted(site.clips_a)[0]
+    with browser(pw, site.tmp / "browser-purpose") as context:
+        page = context.new_page()
+        before = len(accesses(site))
+        login(page, site.url(), *AUDITOR)
+        assert page.url.startswith(site.url("/purpose")), page.url
+        assert page.locator("img").count() == 0
+        assert page.locator("[data-test=purpose]").count() == 0  # none stated yet
+        assert "请说明用途" in page.inner_text("main")
+        get = context.request.get
+        assert get(site.url(f"/thumbs/{sha}.jpg")).status == 403
+        assert get(site.url(f"/media/{sha}")).status == 403
+        held = get(site.url(f"/recordings/{sha}"), max_redirects=0)
+        assert held.status == 303
+        assert held.headers["location"].startswith("/purpose?next=%2Frecordings%2F")
+        assert len(accesses(site)) == before, "something was logged before a purpose"
+
+        # a disclosure request needs its number; the form says so and keeps the choice
+        page.check("[data-test=purpose-disclosure]")
+        page.click("[data-test=purpose-submit]")
+        page.wait_for_load_state()
+        assert "必须填写申请编号" in page.inner_text("[data-test=purpose-problem]")
+        assert page.is_checked("[data-test=purpose-disclosure]")
+        site.screens.shot(page, "kiosk-purpose")
+        state_purpose(page, "disclosure", "GK-2026-017")
+        assert page.url.endswith("/recordings")
+        assert page.inner_text("[data-test=purpose-text]") == "信息公开申请：GK-2026-017"
+        shown = {
+            page.locator("td.thumb img").nth(i).evaluate("i => i.closest('tr').dataset.sha256")
+            for i in range(page.locator("td.thumb img").count())
+        }
+        assert len(shown) == 5  # every docked clip; the CLI-ingested file has no thumbnail
+        (listed,) = accesses(site)[before:]
+        assert (listed["action"], listed["user"], listed["role"]) == ("view", "aud", "auditor")
+        assert (
+            set(listed["files"]) == shown and listed["purpose"] == "disclosure request: GK-2026-017"
+        )
+        assert listed["detail"] == "kiosk: list thumbnails"
+        for _ in range(3):  # reloads and paging back add nothing
+            page.reload()
+            page.wait_for_load_state()
+        page.goto(site.url(f"/recordings?device={CAM_A}"))
+        assert len(accesses(site)) == before + 1, "the same thumbnails were logged again"
+        assert get(site.url(f"/thumbs/{sha}.jpg")).status == 200
+
+        # a new purpose: what is seen from now on is logged under it
+        page.click("[data-test=purpose]")
+        page.wait_for_load_state()
+        assert page.input_value("[data-test=purpose-detail]") == "GK-2026-017"
+        state_purpose(page, "inspection", "")
+        assert page.url.endswith(f"/recordings?device={CAM_A}")  # back where it was
+        (relisted,) = accesses(site)[before + 1 :]
+        assert relisted["purpose"] == "inspection" and set(relisted["files"]) == set(site.clips_a)
+
+        # a new login asks again
+        page.click("[data-test=logout]")
+        page.wait_for_load_state()
+        login(page, site.url(), *AUDITOR)
+        assert page.url.startswith(site.url("/purpose"))
+        assert get(site.url(f"/thumbs/{sha}.jpg")).status == 403
+
+
+def test_a_grant_is_for_one_user_and_one_recording(pw: Playwright, site: Site) -> None:
+    sha, other = sorted(site.clips_b)
+    with (
+        browser(pw, site.tmp / "browser-grant-a") as first,
+        browser(pw, site.tmp / "browser-grant-b") as second,
+    ):
+        page_a = first.new_page()
+        login(page_a, site.url(), *SUPERVISOR, purpose=CASE_WORK)
+        page_a.goto(site.url(f"/recordings/{sha}"))
+        src = page_a.locator("video[data-test=player]").get_attribute("src") or ""
+        assert "grant=" in src
+        page_b = second.new_page()
+        login(page_b, site.url(), *AUDITOR, purpose=CASE_WORK)
+        page_b.goto(site.url(f"/recordings/{other}"))
+        src_b = page_b.locator("video[data-test=player]").get_attribute("src") or ""
+        before = len(accesses(site))
+        ranged = {"Range": "bytes=0-99"}
+        assert second.request.get(site.url(src), headers=ranged).status == 403  # A's, for B
+        assert first.request.get(site.url(src_b), headers=ranged).status == 403  # B's, for A
+        grant = src.split("grant=", 1)[1]
+        for forged in (
+            f"/media/{other}?grant={grant}",  # A's grant for another recording
+            f"/media/{sha}?grant={grant[:-2]}",
+            f"/media/{sha}?grant=",
+            f"/media/{sha}",
+        ):
+            assert first.request.get(site.url(forged), headers=ranged).status == 403, forged
+        assert first.request.get(site.url(src), headers=ranged).status == 206
+        assert second.request.get(site.url(src_b), headers=ranged).status == 206
+        # logging out ends the session's grants
+        page_a.click("[data-test=logout]")
+        page_a.wait_for_load_state()
+        assert first.request.get(site.url(src), headers=ranged).status == 403
+        assert len(accesses(site)) == before, "a refused or granted range request was logged"
+
+
+def test_a_grant_expires(pw: Playwright, tmp_path: Path) -> None:
+    """A kiosk whose grants lapse after a second unused: the player's URL works, then
+    is refused once idle; loading the page again is a new ``play`` entry and grant."""
+    need_ffmpeg()
+    from agent.ingest import Binding, IngestResult, ingest_paths
+    from agent.kiosk.app import KioskSettings, create_app
+    from agent.kiosk.server import KioskServer
+    from agent.users import Users
+    from hashing.station import Station
+
+    station = Station.init(tmp_path / "home", "dock-grant")
+    clip = tmp_path / "CLIP0001.MP4"
+    clip.write_bytes(Footage(tmp_path / "footage").clip("expiry"))
+    (result,) = list(ingest_paths(station, [clip], Binding(officer=OFFICER_ID)))
+    assert isinstance(result, IngestResult)
+    users = Users(station)
+    users.add("sup", "supervisor", SUPERVISOR[1], officer=None, by="console:test")
+    settings = KioskSettings(grant_idle_s=1.5, grant_max_s=60)
+    server = KioskServer(create_app(station, lambda: {}, users, settings), "127.0.0.1", free_port())
+    server.start()
+    try:
+        wait_http(server.url)
+        with browser(pw, tmp_path / "browser") as context:
+            page = context.new_page()
+            login(page, server.url, *SUPERVISOR, purpose=CASE_WORK)
+            page.goto(server.url + f"recordings/{result.sha256}")
+            src = page.locator("video[data-test=player]").get_attribute("src") or ""
+            page.close()  # the page's own player stops fetching
+            fetch = context.request.get
+            assert fetch(server.url + src.lstrip("/"), headers={"Range": "bytes=0-9"}).status == 206
+            time.sleep(2.0)
+            assert fetch(server.url + src.lstrip("/"), headers={"Range": "bytes=0-9"}).status == 403
+            plays = [
+                e for e in station.ledger.entries_of_type("access") if e.body["action"] == "play"
+            ]
+            assert len(plays) == 1
+            page = context.new_page()
+            page.goto(server.url + f"recordings/{result.sha256}")
+            fresh = page.locator("video[data-test=player]").get_attribute("src") or ""
+            assert fresh != src
+            assert (
+                fetch(server.url + fresh.lstrip("/"), headers={"Range": "bytes=0-9"}).status == 206
+            )
+            plays = [
+                e for e in station.ledger.entries_of_type("access") if e.body["action"] == "play"
+            ]
+            assert len(plays) == 2
+    finally:
+        server.stop()
+        station.close()
+
+
+def test_an_officer_cannot_view_or_play_another_officers_recording(
+    pw: Playwright, site: Site
+) -> None:
+    other = sorted(site.clips_b)[1]
+    with browser(pw, site.tmp / "browser-off-2") as context:
+        page = context.new_page()
+        login(page, site.url(), *OFFICER, purpose=("other", "shift review"))
+        before = len(accesses(site))
+        page.goto(site.url(f"/recordings/{other}"))
+        assert page.locator("[data-test=error]").count() == 1
+        assert page.locator("video").count() == 0
+        for path in (f"/recordings/{other}", f"/media/{other}", f"/thumbs/{other}.jpg"):
+            assert context.request.get(site.url(path)).status == 403, path
+        assert len(accesses(site)) == before, "a refused view was logged"
+
+
+@pytest.mark.parametrize(
+    ("who", "allowed"), [(AUDITOR, True), (ADMIN, True), (SUPERVISOR, False), (OFFICER, False)]
+)
+def test_who_may_read_the_access_log_page(
+    pw: Playwright, site: Site, who: tuple[str, str], allowed: bool
+) -> None:
+    with browser(pw, site.tmp / f"browser-access-{who[0]}") as context:
+        page = context.new_page()
+        login(page, site.url(), *who)
+        response = context.request.get(site.url("/access"))
+        link = page.locator("[data-test=nav-access]")
+        if allowed:
+            assert response.status == 200
+            assert link.count() == 1
+        else:
+            assert response.status == 403
+            assert link.count() == 0
+            page.goto(site.url("/access"))
+            assert page.locator("[data-test=access-log]").count() == 0
+
+
+def test_the_access_log_page_filters_and_names_who_why_and_what(pw: Playwright, site: Site) -> None:
+    sha = sorted(site.clips_a)[1]
+    dialogs: list[str] = []
+    with browser(pw, site.tmp / "browser-access") as context:
+        page = context.new_page()
+
+        def on_dialog(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        login(page, site.url(), *OFFICER, purpose=("other", HOSTILE_PURPOSE))
+        assert page.inner_text("[data-test=purpose-text]") == f"其他：{HOSTILE_PURPOSE}"
+        page.goto(site.url(f"/recordings/{sha}"))
+        assert page.evaluate("() => window.pwned === undefined")
+        page.click("[data-test=logout]")
+        page.wait_for_load_state()
+
+        login(page, site.url(), *ADMIN)
+        assert page.url.endswith("/access")
+        page.fill("[data-test=access-user]", "off")
+        page.fill("[data-test=access-sha]", sha)
+        page.click("[data-test=access-apply]")
+        page.wait_for_load_state()
+        rows = page.locator("[data-test=access-log] tbody tr")
+        actions = [rows.nth(i).get_attribute("data-action") for i in range(rows.count())]
+        assert actions[:2] == ["play", "view"], actions  # newest first
+        newest = rows.nth(0)
+        assert newest.locator("[data-test=user]").inner_text().startswith("off")
+        assert "执法人员" in newest.locator("[data-test=user]").inner_text()
+        assert newest.locator("[data-test=files]").inner_text() == sha
+        assert newest.locator("[data-test=purpose]").inner_text() == f"other: {HOSTILE_PURPOSE}"
+        assert page.locator("img[src='x']").count() == 0
+        assert page.evaluate("() => window.pwned === undefined")
+        site.screens.shot(page, "kiosk-access", full_page=True)
+        raw = context.request.get(page.url).text()
+        assert "<script>window.pwned" not in raw and "&lt;script&gt;window.pwned" in raw
+        every = [e for e in accesses(site) if e["user"] == "off" and sha in e["files"]]
+        assert rows.count() == len(every)
+
+        # by date: the day of the entries, and a day with none
+        today = local_day(every[-1]["time"])
+        page.goto(site.url(f"/access?user=off&from={today}&to={today}"))
+        assert page.locator("[data-test=access-log] tbody tr").count() == len(
+            [e for e in accesses(site) if e["user"] == "off"]
+        )
+        page.goto(site.url("/access?from=2020-01-01&to=2020-01-02"))
+        assert page.locator("[data-test=access-none]").count() == 1
+        assert context.request.get(site.url("/access?sha256=../../etc")).status == 400
+        assert context.request.get(site.url("/access?from=yesterday")).status == 400
+    assert dialogs == [], f"a script ran: {dialogs}"
+
+
+def local_day(when: str) -> str:
+    """The station's local date (UTC+8, the kiosk's default) of an entry time."""
+    moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    return moment.astimezone(timezone(timedelta(hours=8))).date().isoformat()
+
+
+def accesses(site: Site) -> list[dict[str, Any]]:
+    """The ``access`` entries so far, as {seq, time, **body}."""
+    return [
+        {"seq": e["seq"], "time": e["time"], **e["body"]} for e in of_type(site.rig.home, "access")
+    ]
 
 
 def _fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import records, roles, story
+from agent import access, records, roles, story
 from agent.kiosk import i18n
 from agent.kiosk.i18n import EN, LANGUAGES, STRINGS, ZH, Translator
 from agent.kiosk.views import (
@@ -63,6 +63,13 @@ def test_every_key_the_templates_and_views_use_exists() -> None:
     used |= {f"retention.{r}" for r in records.RETENTION_CLASSES}
     used |= {f"role.{r}" for r in roles.ROLES}
     used |= {f"anomaly.{k}" for k in story.KINDS}
+    # the purpose form (agent.kiosk.app.set_purpose) and the access log page
+    used |= {f"purpose.kind.{k}" for k in access.PURPOSE_KINDS}
+    used |= {
+        f"purpose.need_detail.{k}" for k, (_, needed) in access.PURPOSE_KINDS.items() if needed
+    }
+    used |= {"purpose.need_kind", "purpose.bad_text"}
+    used |= {f"access.action.{a}" for a in (*access.ACTIONS, "archive")}
     for lang in LANGUAGES:
         missing = sorted(k for k in used if k not in STRINGS[lang])
         assert not missing, f"{lang}: {missing}"
@@ -96,6 +103,13 @@ def test_strings_are_plain_text() -> None:
         ("tile.officer", "警号"),
         ("tile.slot", "采集口"),
         ("uplink.title", "上传"),
+        ("nav.access", "调阅记录"),
+        ("access.title", "调阅记录"),
+        ("purpose.kind.spot_check", "抽检"),
+        ("purpose.kind.case_work", "案件办理"),
+        ("purpose.kind.disclosure", "信息公开申请"),
+        ("purpose.kind.inspection", "督察"),
+        ("purpose.kind.other", "其他"),
     ],
 )
 def test_chinese_follows_the_glossary(key: str, term: str) -> None:
