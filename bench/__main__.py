@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import digester, ingest, kiosk, ledger, memory, offload, upload
+from bench import digester, ingest, kiosk, ledger, memory, offload, records, upload
 from bench._report import GIB, MIB, Row, Section, error_row, table
 from bench._system import load_average, machine_lines
 
@@ -47,6 +47,9 @@ class Scale:
     kiosk_recordings: int
     kiosk_requests: int
     kiosk_cpu_seconds: float
+    records_recordings: int
+    records_scrub_total: int
+    records_scrub_files: int
 
 
 FULL = Scale(
@@ -76,6 +79,9 @@ FULL = Scale(
     kiosk_recordings=10_000,
     kiosk_requests=300,
     kiosk_cpu_seconds=20.0,
+    records_recordings=20_000,
+    records_scrub_total=1 * GIB,
+    records_scrub_files=8,
 )
 QUICK = Scale(
     ingest_total=64 * MIB,
@@ -104,6 +110,9 @@ QUICK = Scale(
     kiosk_recordings=2_000,
     kiosk_requests=60,
     kiosk_cpu_seconds=4.0,
+    records_recordings=2_000,
+    records_scrub_total=64 * MIB,
+    records_scrub_files=4,
 )
 
 
@@ -147,6 +156,13 @@ BENCHMARKS: dict[str, Callable[[Path, Scale], Section]] = {
         recordings=s.kiosk_recordings,
         requests=s.kiosk_requests,
         cpu_seconds=s.kiosk_cpu_seconds,
+    ),
+    "records": lambda out, s: records.run(
+        out,
+        recordings=s.records_recordings,
+        scrub_total=s.records_scrub_total,
+        scrub_files=s.records_scrub_files,
+        rounds=s.rounds,
     ),
 }
 
