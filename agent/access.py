@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from agent.retention import purge_entries
 from agent.roles import PermissionDeniedError, ScopedActor, officer_scope, require
 from hashing.entries import EXPORT, Entry, parse_time
 from hashing.errors import InputError
@@ -49,7 +50,6 @@ PERMISSION = {
     DISCLOSE: "export",
 }
 PURPOSE_MAX = 200
-PURGE = "purge"  # agent.retention's entry: {sha256, ...}; the stored copy is gone for good
 # Bidirectional embeddings, overrides and isolates (Unicode TR 9): they reorder text on
 # the screen, so "purpose" could be made to read differently from what is stored.
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
@@ -142,16 +142,8 @@ def authorise(
 
 def purge_entry(station: Station, sha256: str) -> int | None:
     """The seq of the ``purge`` entry of ``sha256``, or None if it was never purged."""
-    rows = station.ledger.execute(
-        # instr() on the raw bytes only narrows the search; each body is then read.
-        "SELECT data FROM entries WHERE type = ? AND instr(data, CAST(? AS BLOB)) > 0 ORDER BY seq",
-        (PURGE, sha256),
-    )
-    for (data,) in rows:
-        entry = Entry.parse(bytes(data))
-        if entry.body.get("sha256") == sha256:
-            return entry.seq
-    return None
+    seqs = purge_entries(station, sha256)
+    return seqs[0] if seqs else None
 
 
 def stored_path(station: Station, sha256: str) -> Path:

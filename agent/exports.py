@@ -54,12 +54,12 @@ from hashing.digest import digest_file
 from hashing.entries import Entry, parse_time
 from hashing.errors import ConfigError, EvidockError, InputError
 from hashing.note import NoteVerifier
+from hashing.retention import PURGE
 from hashing.station import Station
 from hashing.verify import NOTICE
 
 log = logging.getLogger(__name__)
 
-PURGE = "purge"  # entry type of the retention rules: {sha256, ...} (agent.retention)
 SUMMARY = "summary.html"
 RECIPIENT_MAX = 200
 XORRISO = "xorriso"
@@ -194,35 +194,27 @@ def export(
     )
     copy_action = DISCLOSE if action == DISCLOSE else COPY
     copies: list[int] = []
+
+    def record_copy(detail: str) -> None:
+        # Each copy onto other media is an access of its own (Art. 18, Art. 20 (3)).
+        entry_ = record_access(
+            station, user, copy_action, files, purpose, recipient=recipient, detail=detail
+        )
+        copies.append(entry_.seq)
+
     if image is not None:
         label = volume_label(station.station_id, entry.seq)
         sha, size = disc_image(out, image, label, parse_time(entry.time))
-        copies.append(
-            record_access(
-                station,
-                user,
-                copy_action,
-                files,
-                purpose,
-                recipient=recipient,
-                detail=f"write-once image {image.name} of export entry {entry.seq}: "
-                f"ISO 9660 (Rock Ridge, Joliet), volume {label}, sha256 {sha}, {size} bytes",
-            ).seq
+        record_copy(
+            f"write-once image {image.name} of export entry {entry.seq}: "
+            f"ISO 9660 (Rock Ridge, Joliet), volume {label}, sha256 {sha}, {size} bytes"
         )
         result = _with(result, image=image, image_sha256=sha, image_bytes=size)
     if burn is not None:
         burn_folder(out, burn)
-        copies.append(
-            record_access(
-                station,
-                user,
-                copy_action,
-                files,
-                purpose,
-                recipient=recipient,
-                detail=f"folder to burn {os.fsdecode(burn.absolute())}: "
-                f"a read-only copy of the bundle of export entry {entry.seq}",
-            ).seq
+        record_copy(
+            f"folder to burn {os.fsdecode(burn.absolute())}: "
+            f"a read-only copy of the bundle of export entry {entry.seq}"
         )
         result = _with(result, burn_folder=burn)
     return _with(result, copies=tuple(copies))

@@ -61,7 +61,7 @@ import jinja2
 from agent import config
 from agent.access import AccessRecord, access_records
 from agent.records import ANOMALY, DEVICE_ASSIGN, OFFLOAD_SESSION, TAG, WIPE
-from agent.spotcheck import FINDING, PURGE, RESULTS, recording_time
+from agent.spotcheck import FINDING, RESULTS, recording_time
 from agent.story import (
     CLOCK_OFFSET,
     FUTURE_DATED,
@@ -75,6 +75,7 @@ from agent.story import (
 from hashing._fsutil import make_private_dir, write_atomic
 from hashing.entries import HEX64_RE, INGEST, Entry
 from hashing.errors import EvidockError, InputError
+from hashing.retention import PURGE, parse_when
 from hashing.station import Station
 
 log = logging.getLogger(__name__)
@@ -196,16 +197,6 @@ def _offset(tz: timezone) -> str:
     minutes = int(delta.total_seconds() // 60)
     sign = "-" if minutes < 0 else "+"
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
-def _when(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else None
 
 
 def _entry_time(entry: Entry) -> datetime:
@@ -335,7 +326,7 @@ def load_facts(station: Station) -> Facts:
                 seq=e.seq,
                 device=None if b.get("device") is None else str(b["device"]),
                 officer=None if b.get("officer") is None else str(b["officer"]),
-                started=_when(b.get("started")) or _entry_time(e),
+                started=parse_when(b.get("started")) or _entry_time(e),
                 failed=_int(b.get("failed")),
                 refused=_int(b.get("refused")),
                 new=_int(b.get("new")),
@@ -355,7 +346,7 @@ def load_facts(station: Station) -> Facts:
         kind = str(b.get("kind"))
         when = _entry_time(e)
         if kind == TIME_GAP:
-            when = _when(b.get("gap_from")) or when
+            when = parse_when(b.get("gap_from")) or when
         elif kind == MISSING_CLIP_NUMBERS and named:
             when = min(facts.recordings[sha].recorded for sha in named)
         facts.anomalies.append(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 from agent import config
 from hashing._fsutil import fsync_dir
 from hashing.digest import digest_file
+from hashing.entries import HEX64_RE
 from hashing.errors import IntegrityError
 from hashing.retention import (
     HOLD,
@@ -51,7 +51,6 @@ from hashing.station import Station
 
 log = logging.getLogger(__name__)
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 READ_BATCH = 4096  # entries read per query while loading
 PURGE_BATCH = 256  # purge entries per transaction
 
@@ -180,7 +179,7 @@ class RecordingStatus:
 
 def _has(station: Station, sha256: str) -> bool:
     """station.store.has without building Paths: called once per recording by the plan."""
-    if not _HEX64.fullmatch(sha256):
+    if not HEX64_RE.fullmatch(sha256):
         return False
     where = f"{station.store.root}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
     return os.path.isfile(where)  # noqa: PTH113 - 100k Path objects cost seconds

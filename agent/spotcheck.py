@@ -73,6 +73,7 @@ from hashing.entries import HEX64_RE, INGEST, Entry
 from hashing.errors import InputError, IntegrityError
 from hashing.merkle import root_of
 from hashing.note import NoteVerifier, open_note, parse_note
+from hashing.retention import PURGE, parse_when
 from hashing.station import Station
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ RULE = "evidock spotcheck v1"
 DOMAIN = (RULE + "\n").encode()
 DRAW = "spotcheck_draw"
 FINDING = "spotcheck_finding"
-PURGE = "purge"
 
 OK, CONDUCT_ISSUE, INCOMPLETE, UNRELATED = "ok", "conduct_issue", "incomplete", "unrelated"
 RESULTS = (OK, CONDUCT_ISSUE, INCOMPLETE, UNRELATED)
@@ -132,21 +132,11 @@ def draw_sample(root: bytes, population: Iterable[str], percent: str) -> list[st
     return heapq.nsmallest(k, unique, key=lambda sha: score(root, sha))
 
 
-def _aware(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else None
-
-
 def recording_time(entry: Entry) -> datetime:
     """recorded_at, else source_mtime, else the entry's own time (see the rule)."""
     body = entry.body
     for value in (body.get("recorded_at"), body.get("source_mtime"), entry.time):
-        when = _aware(value)
+        when = parse_when(value)
         if when is not None:
             return when
     raise InputError(f"entry {entry.seq}: no usable time")  # entry.time always parses
@@ -210,8 +200,8 @@ class Criteria:
         return cls(
             str(body["percent"]),
             None if body.get("officer") is None else str(body["officer"]),
-            _aware(body.get("from")),
-            _aware(body.get("to")),
+            parse_when(body.get("from")),
+            parse_when(body.get("to")),
         )
 
     def describe(self) -> str:

@@ -33,12 +33,12 @@ The rule, as an auditor re-implements it:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hashing.entries import HEX64_RE
 from hashing.errors import InputError
 
 # Entry types this rule reads. TAG and UPLOAD_RECEIPT are written by agent.records
@@ -59,7 +59,6 @@ _STRENGTH = {c: i for i, c in enumerate(CLASSES)}
 HOLD_REASONS = ("dispute", "obstruction", "incident", "other")
 MIN_ROUTINE_DAYS = 365  # Art. 16: routine footage is kept at least one year
 PERMANENT = "permanent"  # how the configuration spells a case type kept for ever
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_when(text: object) -> datetime | None:
@@ -416,7 +415,7 @@ class Judge:
 
     def _purge(self, seq: int, time: str, body: Mapping[str, Any]) -> Verdict:
         sha = body.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        if not isinstance(sha, str) or not HEX64_RE.fullmatch(sha):
             verdict = Verdict(seq, str(sha), False, ("names no SHA-256 digest",))
             self.verdicts[seq] = verdict
             return verdict

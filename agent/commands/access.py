@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -38,12 +37,12 @@ from agent.access import (
     stored_path,
 )
 from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
+from hashing.entries import HEX64_RE
 from hashing.errors import InputError
 from hashing.findings import EXIT_OK
 
 log = logging.getLogger(__name__)
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
 PLAYER_ENV = "EVIDOCK_PLAYER"
 # Tried in this order when neither --player nor $EVIDOCK_PLAYER says which.
 DEFAULT_PLAYERS = (("ffplay", "-autoexit"), ("mpv",), ("vlc",), ("xdg-open",))
@@ -108,7 +107,7 @@ def _when(text: str | None, option: str) -> datetime | None:
 
 
 def _digest(text: str, option: str) -> str:
-    if HEX64.fullmatch(text) is None:
+    if HEX64_RE.fullmatch(text) is None:
         raise InputError(f"{option} {text!r}: not a SHA-256 digest (64 lower-case hex characters)")
     return text
 

@@ -44,10 +44,8 @@ def _media(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     )
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    selection = Selection(case=args.case, sha256=_digests(args.sha256), all=args.all)
-    purpose = check_purpose(args.purpose)
-    recipient = None if args.recipient is None else check_recipient(args.recipient)
+def _export(args: argparse.Namespace, selection: Selection, recipient: str | None) -> int:
+    purpose = check_purpose(args.purpose)  # checked before the login: a typo costs no try
     image, burn = _media(args)
     station = open_station(args)
     try:
@@ -67,31 +65,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     for line in export_lines(result):
         print(line)
     return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    selection = Selection(case=args.case, sha256=_digests(args.sha256), all=args.all)
+    recipient = None if args.recipient is None else check_recipient(args.recipient)
+    return _export(args, selection, recipient)
 
 
 def cmd_disclose(args: argparse.Namespace) -> int:
-    selection = Selection(sha256=_digests(args.sha256))
-    purpose = check_purpose(args.purpose)
-    recipient = check_recipient(args.recipient)
-    image, burn = _media(args)
-    station = open_station(args)
-    try:
-        user = acting_user(args, station, "export")
-        result = export(
-            station,
-            user,
-            selection,
-            Path(args.out),
-            purpose,
-            recipient=recipient,
-            image=image,
-            burn=burn,
-        )
-    finally:
-        station.close()
-    for line in export_lines(result):
-        print(line)
-    return EXIT_OK
+    """A disclosure (Art. 18): only the requested recordings, to a named recipient."""
+    return _export(args, Selection(sha256=_digests(args.sha256)), check_recipient(args.recipient))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:

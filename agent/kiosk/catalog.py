@@ -10,7 +10,6 @@ lower-case hex characters, so a name taken from a URL can never become a path.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -23,15 +22,15 @@ from typing import Any
 from urllib.parse import quote
 
 from agent.kiosk.views import DeviceUploads
+from hashing.entries import HEX64_RE
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
 PAGE_SIZE = 30
 UPLOADS_TTL_S = 2.0  # a recorder's upload states are re-read at most this often
 _SENDING = ("queued", "initialised", "finished")
 
 
 def is_sha256(text: str) -> bool:
-    return HEX64.fullmatch(text) is not None
+    return HEX64_RE.fullmatch(text) is not None
 
 
 def _ro(path: Path) -> sqlite3.Connection:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.access import ACCESS, PURGE
+from agent.access import ACCESS
 from agent.cli import main
 from agent.users import Users
 from hashing.entries import parse_time
+from hashing.retention import PURGE
 from hashing.station import Station
 
 WORDS = "correct horse 42"  # every user's password (passes check_secret)

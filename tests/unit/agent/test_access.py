@@ -37,6 +37,7 @@ from agent.roles import PermissionDeniedError
 from agent.users import User, Users
 from hashing.entries import EXPORT, parse_time
 from hashing.errors import InputError
+from hashing.retention import PURGE
 from hashing.station import Station
 
 WORDS = "correct horse 42"  # every user's password: passes check_secret
@@ -376,11 +377,11 @@ def test_purged_and_missing_recordings_cannot_be_had(dock: Dock, tmp_path: Path)
     assert purge_entry(dock.station, dock.own) is None
     # a purge entry of another digest that merely mentions this one does not count
     dock.station.ledger.append(
-        access.PURGE, {"sha256": dock.other, "by": "console:test", "note": dock.own}
+        PURGE, {"sha256": dock.other, "by": "console:test", "note": dock.own}
     )
     assert purge_entry(dock.station, dock.own) is None
     purge = dock.station.ledger.append(
-        access.PURGE, {"sha256": dock.own, "size": 4096, "by": "console:test"}
+        PURGE, {"sha256": dock.own, "size": 4096, "by": "console:test"}
     )
     assert purge_entry(dock.station, dock.own) == purge.seq
     with pytest.raises(InputError, match=f"purged .*entry {purge.seq}"):

@@ -24,6 +24,7 @@ from agent.spotcheck import Criteria
 from agent.users import User, UserPolicy, Users
 from hashing.entries import INGEST
 from hashing.errors import InputError, IntegrityError
+from hashing.retention import PURGE
 from hashing.station import Station
 
 FAST = UserPolicy(scrypt_n=2**10)  # the stored parameters travel with each hash
@@ -232,7 +233,7 @@ def test_purged_recordings_leave_the_population(
 ) -> None:
     station, users, shas = world
     gone = shas[OFFICER_B][0]
-    station.ledger.append(spotcheck.PURGE, {"sha256": gone, "size": 200, "by": "console:test"})
+    station.ledger.append(PURGE, {"sha256": gone, "size": 200, "by": "console:test"})
     entry = spotcheck.draw(station, users["audrey"], Criteria("100", OFFICER_B))
     assert entry.body["population"] == 5
     assert gone not in entry.body["sample"]
