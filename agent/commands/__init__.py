@@ -39,6 +39,15 @@ class Add(Protocol):
     ) -> argparse.ArgumentParser: ...
 
 
+def command_group(
+    sub: Subparsers, name: str, help_text: str, metavar: str = "ACTION"
+) -> Subparsers:
+    """A command that only groups others: `evidock NAME ACTION …`."""
+    return sub.add_parser(name, help=help_text).add_subparsers(
+        dest=f"{name}_command", required=True, metavar=metavar
+    )
+
+
 def station_home(args: argparse.Namespace) -> Path:
     """--home, else $EVIDOCK_HOME, else the config file's [station] home."""
     if getattr(args, "home", None):
@@ -100,3 +109,26 @@ def acting_user(args: argparse.Namespace, station: Station, action: str) -> User
         raise LoginError("login failed")
     require(user, action)
     return user
+
+
+def period_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """--from, --to and --tz: a period in days of a zone (reports, spot checks)."""
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=required,
+        metavar="TIME",
+        help="a date (its local day's start) or an RFC 3339 time, e.g. 2024-05-01T08:00:00+08:00",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        required=required,
+        metavar="TIME",
+        help="exclusive end time, or a date (that whole day included)",
+    )
+    p.add_argument(
+        "--tz",
+        metavar="OFFSET",
+        help="zone of dates and of times without one, e.g. +08:00 (default: [offload] utc_offset_minutes)",
+    )

@@ -36,7 +36,14 @@ from agent.access import (
     record_access,
     stored_path,
 )
-from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
+from agent.commands import (
+    Add,
+    Subparsers,
+    acting_user,
+    add_user_options,
+    command_group,
+    open_station,
+)
 from hashing.entries import HEX64_RE
 from hashing.errors import InputError
 from hashing.findings import EXIT_OK
@@ -50,9 +57,9 @@ DEFAULT_PLAYERS = (("ffplay", "-autoexit"), ("mpv",), ("vlc",), ("xdg-open",))
 
 def register(sub: Subparsers, add: Add) -> None:
     """Add this part's subcommands to ``sub``."""
-    access = sub.add_parser(
-        "access", help="the access log: who viewed, played or exported what, and why"
-    ).add_subparsers(dest="access_command", required=True, metavar="ACTION")
+    access = command_group(
+        sub, "access", "the access log: who viewed, played or exported what, and why"
+    )
     p = add(
         "log",
         cmd_access_log,

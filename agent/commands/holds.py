@@ -10,7 +10,14 @@ import argparse
 import json
 
 from agent import holds
-from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
+from agent.commands import (
+    Add,
+    Subparsers,
+    acting_user,
+    add_user_options,
+    command_group,
+    open_station,
+)
 from hashing.findings import EXIT_OK
 from hashing.retention import HOLD_REASONS
 
@@ -71,9 +78,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers, add: Add) -> None:
     """Add this part's subcommands to ``sub``."""
-    group = sub.add_parser(
-        "hold", help="long-term holds: recordings never purged (Art. 17)"
-    ).add_subparsers(dest="hold_command", required=True, metavar="ACTION")
+    group = command_group(sub, "hold", "long-term holds: recordings never purged (Art. 17)")
     p = add(
         "add",
         cmd_add,

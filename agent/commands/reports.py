@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 
 from agent import reports
-from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
+from agent.commands import (
+    Add,
+    Subparsers,
+    acting_user,
+    add_user_options,
+    command_group,
+    open_station,
+    period_options,
+)
 from hashing._fsutil import write_atomic
 from hashing.errors import InputError
 from hashing.findings import EXIT_OK
@@ -62,29 +70,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _period_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--from", dest="start", required=True, metavar="DATE", help="first day (or a time)"
-    )
-    p.add_argument(
-        "--to",
-        dest="end",
-        required=True,
-        metavar="DATE",
-        help="last day, included (or an exclusive time)",
-    )
-    p.add_argument(
-        "--tz",
-        metavar="OFFSET",
-        help="zone the days are counted in, e.g. +08:00 (default: [offload] utc_offset_minutes)",
-    )
-
-
 def register(sub: Subparsers, add: Add) -> None:
     """Add this part's subcommands to ``sub``."""
-    group = sub.add_parser(
-        "report", help="Art. 20 conduct reports and Art. 3 statistics"
-    ).add_subparsers(dest="report_command", required=True, metavar="KIND")
+    group = command_group(sub, "report", "Art. 20 conduct reports and Art. 3 statistics", "KIND")
 
     p = add(
         "conduct",
@@ -93,7 +81,7 @@ def register(sub: Subparsers, add: Add) -> None:
         "failed verifications, spot-check findings, access (HTML with a chart, CSV, PDF)",
         group,
     )
-    _period_options(p)
+    period_options(p, required=True)
     p.add_argument(
         "--officer",
         metavar="ID",
@@ -123,7 +111,7 @@ def register(sub: Subparsers, add: Add) -> None:
         group,
     )
     p.add_argument("--by", required=True, choices=reports.STAT_KEYS)
-    _period_options(p)
+    period_options(p, required=True)
     p.add_argument("--out", metavar="FILE", help="write the CSV here instead of to standard output")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     add_user_options(p)

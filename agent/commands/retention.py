@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from agent import config
 from agent import retention as ret
-from agent.commands import Add, Subparsers, console_actor, open_station
+from agent.commands import Add, Subparsers, command_group, console_actor, open_station
 from agent.scrub import scrub
 from hashing.errors import InputError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK
@@ -142,9 +142,9 @@ def cmd_scrub(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers, add: Add) -> None:
     """Add this part's subcommands to ``sub``."""
-    group = sub.add_parser(
-        "retention", help="retention classes and purges of local copies (Art. 15-16)"
-    ).add_subparsers(dest="retention_command", required=True, metavar="ACTION")
+    group = command_group(
+        sub, "retention", "retention classes and purges of local copies (Art. 15-16)"
+    )
     p = add(
         "run",
         cmd_run,

@@ -18,7 +18,15 @@ from datetime import timezone
 from pathlib import Path
 
 from agent import spotcheck
-from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
+from agent.commands import (
+    Add,
+    Subparsers,
+    acting_user,
+    add_user_options,
+    command_group,
+    open_station,
+    period_options,
+)
 from agent.reports import Period, csv_text, default_tz, parse_bound, parse_tz
 from hashing.errors import EvidockError, InputError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE
@@ -306,33 +314,11 @@ def _recompute(args: argparse.Namespace) -> int:
     return EXIT_INTEGRITY if problems else EXIT_OK
 
 
-def _period_options(p: argparse.ArgumentParser, *, required: bool) -> None:
-    p.add_argument(
-        "--from",
-        dest="start",
-        required=required,
-        metavar="TIME",
-        help="a date (its local day's start) or an RFC 3339 time, e.g. 2024-05-01T08:00:00+08:00",
-    )
-    p.add_argument(
-        "--to",
-        dest="end",
-        required=required,
-        metavar="TIME",
-        help="exclusive end time, or a date (that whole day included)",
-    )
-    p.add_argument(
-        "--tz",
-        metavar="OFFSET",
-        help="zone of dates and of times without one, e.g. +08:00 (default: [offload] utc_offset_minutes)",
-    )
-
-
 def register(sub: Subparsers, add: Add) -> None:
     """Add this part's subcommands to ``sub``."""
-    group = sub.add_parser(
-        "spotcheck", help="Art. 19 spot checks: draw a sample, record findings, report"
-    ).add_subparsers(dest="spotcheck_command", required=True, metavar="ACTION")
+    group = command_group(
+        sub, "spotcheck", "Art. 19 spot checks: draw a sample, record findings, report"
+    )
 
     p = add(
         "draw",
@@ -342,7 +328,7 @@ def register(sub: Subparsers, add: Add) -> None:
     )
     p.add_argument("--percent", required=True, metavar="P", help="share to sample, e.g. 5 or 2.5")
     p.add_argument("--officer", metavar="ID", help="only this officer's recordings")
-    _period_options(p, required=False)
+    period_options(p, required=False)
     p.add_argument(
         "--redraw-reason",
         metavar="TEXT",
@@ -380,7 +366,7 @@ def register(sub: Subparsers, add: Add) -> None:
         "draws made in a period: samples, reviewed / not reviewed, findings, redraws",
         group,
     )
-    _period_options(p, required=True)
+    period_options(p, required=True)
     p.add_argument("--csv", metavar="FILE", help="also write one row per draw to this CSV file")
     p.add_argument("--json", action="store_true")
     add_user_options(p)
@@ -409,5 +395,5 @@ def register(sub: Subparsers, add: Add) -> None:
     )
     p.add_argument("--percent", metavar="P")
     p.add_argument("--officer", metavar="ID")
-    _period_options(p, required=False)
+    period_options(p, required=False)
     p.add_argument("--json", action="store_true")
