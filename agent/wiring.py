@@ -134,6 +134,7 @@ def start_kiosk(station: Station, cfg: Config, daemon: Daemon) -> KioskServer | 
     if it cannot start: the dock goes on offloading without its screen (logged)."""
     from agent.kiosk.app import KioskSettings, create_app  # noqa: PLC0415 - the web stack
     from agent.kiosk.server import KioskServer  # noqa: PLC0415
+    from agent.retention import policy_from_config  # noqa: PLC0415
     from agent.users import UserPolicy, Users  # noqa: PLC0415
 
     k = cfg.values["kiosk"]
@@ -146,6 +147,7 @@ def start_kiosk(station: Station, cfg: Config, daemon: Daemon) -> KioskServer | 
         language=k["language"],
         utc_offset_minutes=int(cfg.get("offload", "utc_offset_minutes")),
         hosts=("127.0.0.1", "localhost", "::1", k["address"]),
+        retention=policy_from_config(cfg),
     )
     try:
         app = create_app(station, daemon.snapshot, users, settings)

@@ -88,7 +88,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -111,7 +111,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent import access, records, schema
+from agent import access, records, retention, schema
 from agent.kiosk import i18n
 from agent.kiosk.catalog import Catalog, Filters, is_sha256
 from agent.kiosk.grants import AccessState, Purpose
@@ -120,6 +120,7 @@ from agent.kiosk.views import EMPTY_TILE, dock_view, duration_text, local_time, 
 from agent.roles import PermissionDeniedError, can, officer_scope
 from agent.users import LoginError, Session, User, Users
 from hashing.errors import EvidockError, InputError
+from hashing.retention import Policy
 from hashing.station import Station
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class KioskSettings:
     refresh_s: int = 5  # the meta refresh of the dock screen without scripts
     grant_idle_s: float = 600.0  # a player grant lapses after this long unused (grants.py)
     grant_max_s: float = 4 * 3600.0  # ... and this long after it was issued
+    retention: Policy = field(default_factory=Policy)  # [retention]: shown per recording
 
 
 class SecurityHeaders:
@@ -625,6 +627,10 @@ class Kiosk:
         if isinstance(purpose, Response):
             return purpose
         anomalies = await run_in_threadpool(self.catalog.anomalies_of, rec)
+        # Art. 16: each recording's earliest purge date is computed and shown.
+        kept = await run_in_threadpool(
+            retention.status, self.station, sha, self.settings.retention, datetime.now(UTC)
+        )
         has_thumb = bool(await run_in_threadpool(self.thumbs_of, [rec.sha256]))
         kind = mimetypes.guess_type(rec.name)[0] or ""
         media_kind = kind.split("/", 1)[0] if kind else ""
@@ -657,6 +663,7 @@ class Kiosk:
             media_kind=media_kind,
             media_url=f"/media/{sha}?" + urlencode({"grant": grant}) if grant else "",
             gone=gone,
+            kept=kept,
             logged=logged,
             kinds=records.ACT_KINDS,
             retentions=records.RETENTION_CLASSES,

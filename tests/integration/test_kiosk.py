@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,12 @@ def test_supervisor_plays_a_clip_in_the_page_with_range_requests(
         assert context.request.get(site.url(f"/media/{sha}")).status == 403
         new = accesses(site)[before:]
         logged = page.inner_text("[data-test=logged]")
+        # Art. 16: the page shows the class and the earliest purge date (an untagged
+        # recording is routine: a year after it was recorded, plus the grace days).
+        kept = page.inner_text("[data-test=retention]")
+        purge_after = page.inner_text("[data-test=purge-after]")
+    assert "日常" in kept, kept
+    assert int(purge_after[:4]) > datetime.now(UTC).year, purge_after
     assert [(e["action"], e["user"], e["role"], e["files"], e["purpose"]) for e in new] == [
         ("view", "sup", "supervisor", [sha], "disclosure request: GK-2026-017"),
         ("play", "sup", "supervisor", [sha], "disclosure request: GK-2026-017"),
