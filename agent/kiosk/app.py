@@ -294,6 +294,9 @@ class Kiosk:
         user = who[0] if who else None
         role = user.role if user else None
         purpose = self.access.purpose(who[1].token) if who else None
+        # A failed scrub (Art. 20 (2), agent.scrub) stays on every page of the people
+        # who answer for the store until a later scrub passes; it is never repaired here.
+        scrub = self.catalog.last_scrub() if role and can(role, "view_devices") else None
         body = self.env.get_template(template).render(
             t=t,
             lang=lang,
@@ -309,6 +312,7 @@ class Kiosk:
             active=ACTIVE.get(template, ""),
             station=self.station.station_id,
             settings=self.settings,
+            scrub_alert=scrub if scrub and (scrub[1] or not scrub[2]) else None,
             duration_text=lambda s: duration_text(t, s),
             local_time=lambda w: local_time(w, self.settings.utc_offset_minutes),
             **context,

@@ -199,6 +199,21 @@ class Catalog:
         body = json.loads(bytes(rows[0][1])).get("body")
         return body if isinstance(body, dict) else None
 
+    def last_scrub(self) -> tuple[int, int, bool] | None:
+        """(entry, files failing, ledger ok) of the latest ``scrub`` entry, if any."""
+        rows = self._rows(
+            "SELECT seq, data FROM entries WHERE type = 'scrub' ORDER BY seq DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        body = json.loads(bytes(rows[0][1])).get("body") or {}
+        failures = body.get("failures")
+        return (
+            int(rows[0][0]),
+            len(failures) if isinstance(failures, list) else 0,
+            body.get("ledger") == "ok",
+        )
+
     def options(self) -> tuple[list[str], list[str]]:
         """Officers and devices that have recordings, for the filter pickers."""
         officers = [

@@ -176,6 +176,8 @@ _ZH: dict[str, str] = {
     "purpose.bad_text": "说明须为一行普通文字，最多 200 个字符。",
     # the access log
     "nav.access": "调阅记录",
+    "scrub.alert": "存储校验发现问题（存证日志第 {seq} 条）：{files} 个文件与其摘要不符或缺失。未做任何修复；请运行 evidock ledger verify 并报告。",
+    "scrub.ledger": "存证日志本身的核验也未通过。",
     "access.title": "调阅记录",
     "access.about": "谁在何时、出于何种用途查看、回放、复制或导出了哪些记录（摘自存证日志）。",
     "access.filter.user": "用户",
@@ -369,6 +371,8 @@ _EN: dict[str, str] = {
     "purpose.need_detail.other": "Say what the purpose is.",
     "purpose.bad_text": "The description must be one line of plain text, at most 200 characters.",
     "nav.access": "Access log",
+    "scrub.alert": "The store check found problems (ledger entry {seq}): {files} file(s) missing or not matching their digest. Nothing was repaired; run evidock ledger verify and report it.",
+    "scrub.ledger": "The ledger itself also failed its audit.",
     "access.title": "Access log",
     "access.about": "Who viewed, played, copied or exported which recordings, when and why (from the ledger).",
     "access.filter.user": "User",

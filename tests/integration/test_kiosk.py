@@ -969,3 +969,66 @@ def test_a_taken_port_leaves_the_dock_without_its_screen_only(tmp_path: Path) ->
     finally:
         server.stop()
         station.close()
+
+
+def test_a_failed_scrub_stays_on_screen_until_a_scrub_passes(
+    pw: Playwright, tmp_path: Path
+) -> None:
+    """Art. 20 (2): a stored file that no longer matches its digest is an alert on every
+    page of supervisors, auditors and admins (not officers) from the failing scrub
+    until a later scrub passes; the kiosk only shows it and repairs nothing."""
+    from agent.ingest import Binding, IngestResult, ingest_paths
+    from agent.kiosk.app import KioskSettings, create_app
+    from agent.kiosk.server import KioskServer
+    from agent.scrub import scrub
+    from agent.users import Users
+    from hashing.station import Station
+
+    station = Station.init(tmp_path / "home", "dock-scrub")
+    clip = tmp_path / "CLIP0001.MP4"
+    clip.write_bytes(b"footage " * 4096)
+    (result,) = list(ingest_paths(station, [clip], Binding(officer=OFFICER_ID)))
+    assert isinstance(result, IngestResult)
+    users = Users(station)
+    for (name, secret), role, officer in (
+        (SUPERVISOR, "supervisor", None),
+        (ADMIN, "admin", None),
+        (OFFICER, "officer", OFFICER_ID),
+    ):
+        users.add(name, role, secret, officer=officer, by="console:test")
+    stored = station.store.path_for(result.sha256)
+    server = KioskServer(
+        create_app(station, lambda: {}, users, KioskSettings()), "127.0.0.1", free_port()
+    )
+    server.start()
+
+    def alert_seen(who: tuple[str, str], purpose: tuple[str, str] | None) -> str | None:
+        with browser(pw, tmp_path / f"browser-{who[0]}") as context:
+            page = context.new_page()
+            login(page, server.url, *who, purpose=purpose)
+            page.goto(server.url + ("access" if who == ADMIN else "recordings"))
+            found = page.locator("[data-test=scrub-alert]")
+            return found.inner_text() if found.count() else None
+
+    try:
+        wait_http(server.url)
+        assert scrub(station, by="console:test").ok
+        assert alert_seen(SUPERVISOR, CASE_WORK) is None
+        original = stored.read_bytes()
+        stored.chmod(0o600)
+        stored.write_bytes(b"X" + original[1:])
+        failed = scrub(station, by="console:test")
+        assert not failed.ok
+        for who, purpose in ((SUPERVISOR, CASE_WORK), (ADMIN, None)):
+            text = alert_seen(who, purpose)
+            assert text is not None and str(failed.entry.seq) in text, (who, text)
+        assert alert_seen(OFFICER, CASE_WORK) is None
+        assert stored.read_bytes()[:1] == b"X", "the kiosk must not repair the file"
+        stored.write_bytes(original)
+        stored.chmod(0o400)
+        assert scrub(station, by="console:test").ok
+        assert alert_seen(SUPERVISOR, CASE_WORK) is None
+    finally:
+        server.stop()
+        users.close()
+        station.close()
