@@ -50,9 +50,11 @@ PERMISSION = {
     DISCLOSE: "export",
 }
 PURPOSE_MAX = 200
-# Bidirectional embeddings, overrides and isolates (Unicode TR 9): they reorder text on
-# the screen, so "purpose" could be made to read differently from what is stored.
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+# Controls, format characters (bidirectional embeddings and marks, zero-width spaces,
+# soft hyphens: they reorder or hide text on the screen, so a purpose could read
+# differently from what is stored or searched), separators, surrogates, private-use and
+# unassigned code points.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 # The kiosk's common purposes (Art. 18): kind -> (words in the ledger, detail required?).
 # The ledger says them in English whatever the screen's language; the kiosk shows them
@@ -86,14 +88,14 @@ def check_purpose(text: str | None) -> str:
     bad = next((c for c in purpose if _unprintable(c)), None)
     if bad is not None:
         raise InputError(
-            f"purpose holds the control character U+{ord(bad):04X}; "
+            f"purpose holds the control or invisible character U+{ord(bad):04X}; "
             "write it as one line of plain text"
         )
     return purpose
 
 
 def _unprintable(c: str) -> bool:
-    return c in _BIDI or unicodedata.category(c) in ("Cc", "Zl", "Zp")
+    return unicodedata.category(c) in _UNPRINTABLE
 
 
 def purpose_text(kind: str, detail: str | None = None) -> str:

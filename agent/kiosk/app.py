@@ -569,15 +569,12 @@ class Kiosk:
         thumbs = await run_in_threadpool(self.thumbs_of, [r.sha256 for r in page.rows])
         # Thumbnails are stills of the footage: the ones not yet covered by this session's
         # entries are logged as one view before the page that shows them goes out.
-        new = self.access.claim_views(who[1].token, thumbs)
+        new = self.access.unviewed(who[1].token, thumbs)
         if new:
-            try:
-                await run_in_threadpool(
-                    self.log_access, user, access.VIEW, new, purpose, "kiosk: list thumbnails"
-                )
-            except EvidockError:
-                self.access.release_views(who[1].token, new)
-                raise
+            await run_in_threadpool(
+                self.log_access, user, access.VIEW, new, purpose, "kiosk: list thumbnails"
+            )
+            self.access.mark_viewed(who[1].token, new)
         tagged = None
         if q.get("tagged", "").isdigit():
             body = await run_in_threadpool(self.catalog.tag_entry, int(q["tagged"]))
@@ -649,7 +646,7 @@ class Kiosk:
                 self.log_access, user, access.VIEW, [sha], purpose, "kiosk: recording page"
             )
         ]
-        self.access.claim_views(session.token, [sha])  # its thumbnail may now go out
+        self.access.mark_viewed(session.token, [sha])  # its thumbnail may now go out
         grant = ""
         if media_kind in PLAYABLE and not gone and can(user.role, "play"):
             seq = await run_in_threadpool(
@@ -766,11 +763,13 @@ class Kiosk:
         if not self.access.viewed(who[1].token, sha):
             return Response(status_code=403)
         path = self.thumbs / f"{sha}.jpg"  # built from a checked digest, never from the URL
-        if not path.is_file():
+        # A purged recording shows nothing of itself any more (Art. 16); its entries remain.
+        purged = await run_in_threadpool(access.purge_entry, self.station, sha)
+        if not path.is_file() or purged is not None:
             return Response(status_code=404)
-        return FileResponse(
-            path, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"}
-        )
+        # no-store: the kiosk's browser is shared, and a cached still would go out to
+        # the next user with no request and so no entry.
+        return FileResponse(path, media_type="image/jpeg", headers={"cache-control": "no-store"})
 
     async def media(self, request: Request) -> Response:
         sha = str(request.path_params["sha256"])

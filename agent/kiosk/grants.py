@@ -88,10 +88,13 @@ class AccessState:
 
     def set_purpose(self, token: str, purpose: Purpose) -> None:
         """State (or change) the session's purpose. A change starts a new set of
-        logged views: what is seen from now on is logged under the new purpose."""
+        logged views and ends the session's player grants: what is seen or played
+        from now on is logged under the new purpose."""
         key = session_key(token)
         with self._lock:
             self._sessions[key] = _Session(purpose)
+            for grant_token in [t for t, (g, _) in self._grants.items() if g.session == key]:
+                del self._grants[grant_token]
             self._sessions.move_to_end(key)
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
@@ -106,23 +109,21 @@ class AccessState:
 
     # -- pictures already logged -----------------------------------------------------
 
-    def claim_views(self, token: str, shas: Iterable[str]) -> list[str]:
+    def unviewed(self, token: str, shas: Iterable[str]) -> list[str]:
         """Of ``shas``, those whose pictures this session has not yet had logged under
-        its purpose; they count as logged from now on (``release_views`` undoes it if
-        the entry could not be written)."""
+        its purpose. They stay unlogged (no thumbnail goes out) until ``mark_viewed``,
+        which the caller runs only after their ``view`` entry is written; two pages
+        loaded at once may both log them, never neither."""
         with self._lock:
             found = self._sessions.get(session_key(token))
-            if found is None:
-                return []
-            new = sorted(set(shas) - found.viewed)
-            found.viewed.update(new)
-            return new
+            return [] if found is None else sorted(set(shas) - found.viewed)
 
-    def release_views(self, token: str, shas: Iterable[str]) -> None:
+    def mark_viewed(self, token: str, shas: Iterable[str]) -> None:
+        """Their ``view`` entry is written: their pictures may go out to this session."""
         with self._lock:
             found = self._sessions.get(session_key(token))
             if found is not None:
-                found.viewed.difference_update(shas)
+                found.viewed.update(shas)
 
     def viewed(self, token: str, sha256: str) -> bool:
         """Whether this session's view of ``sha256`` is logged (a thumbnail may go out)."""

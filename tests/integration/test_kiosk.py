@@ -1032,3 +1032,47 @@ def test_a_failed_scrub_stays_on_screen_until_a_scrub_passes(
         server.stop()
         users.close()
         station.close()
+
+
+def test_thumbnails_are_not_cached_and_gone_once_purged(pw: Playwright, tmp_path: Path) -> None:
+    """A still goes out only with no-store (the kiosk's browser is shared: a cached one
+    would reach the next user with no request, so no entry), and not at all once its
+    recording was purged (Art. 16): its entries stay, its pictures do not."""
+    from agent.ingest import Binding, IngestResult, ingest_paths
+    from agent.kiosk.app import KioskSettings, create_app
+    from agent.kiosk.server import KioskServer
+    from agent.users import Users
+    from hashing.retention import PURGE
+    from hashing.station import Station
+
+    station = Station.init(tmp_path / "home", "dock-thumbs")
+    clip = tmp_path / "CLIP0001.MP4"
+    clip.write_bytes(b"footage " * 4096)
+    (result,) = list(ingest_paths(station, [clip], Binding(officer=OFFICER_ID)))
+    assert isinstance(result, IngestResult)
+    thumbs = station.home / "thumbs"
+    thumbs.mkdir(exist_ok=True)
+    (thumbs / f"{result.sha256}.jpg").write_bytes(b"\xff\xd8\xff\xe0 a still")
+    users = Users(station)
+    users.add(SUPERVISOR[0], "supervisor", SUPERVISOR[1], officer=None, by="console:test")
+    server = KioskServer(
+        create_app(station, lambda: {}, users, KioskSettings()), "127.0.0.1", free_port()
+    )
+    server.start()
+    try:
+        wait_http(server.url)
+        with browser(pw, tmp_path / "browser") as context:
+            page = context.new_page()
+            login(page, server.url, *SUPERVISOR, purpose=CASE_WORK)
+            page.goto(server.url + f"recordings/{result.sha256}")
+            still = context.request.get(server.url + f"thumbs/{result.sha256}.jpg")
+            assert still.status == 200
+            assert still.headers["cache-control"] == "no-store"
+            station.ledger.append(PURGE, {"sha256": result.sha256, "by": "console:test"})
+            page.goto(server.url + f"recordings/{result.sha256}")
+            gone = context.request.get(server.url + f"thumbs/{result.sha256}.jpg")
+            assert gone.status == 404
+    finally:
+        server.stop()
+        users.close()
+        station.close()

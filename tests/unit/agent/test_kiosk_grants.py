@@ -39,19 +39,31 @@ def test_a_purpose_belongs_to_one_session_and_goes_with_it() -> None:
     assert session_key(A) != A and len(session_key(A)) == 64
 
 
-def test_views_are_claimed_once_per_purpose() -> None:
+def test_views_are_logged_once_per_purpose_and_only_after_their_entry() -> None:
     s, _ = state()
-    assert s.claim_views(A, [SHA1]) == []  # no purpose: nothing can be logged
+    s.mark_viewed(A, [SHA1])
+    assert not s.viewed(A, SHA1)  # no purpose, no session state: nothing counts as logged
+    assert s.unviewed(A, [SHA1]) == []
     s.set_purpose(A, CASE)
-    assert s.claim_views(A, [SHA2, SHA1, SHA1]) == [SHA1, SHA2]
-    assert s.claim_views(A, [SHA1, SHA2]) == []  # the same list again: no new entry
+    assert s.unviewed(A, [SHA2, SHA1, SHA1]) == [SHA1, SHA2]
+    # Until their entry is written, none of their pictures may go out.
+    assert not s.viewed(A, SHA1) and not s.viewed(A, SHA2)
+    assert s.unviewed(A, [SHA1, SHA2]) == [SHA1, SHA2]  # a page loaded meanwhile logs them too
+    s.mark_viewed(A, [SHA1, SHA2])
+    assert s.unviewed(A, [SHA1, SHA2]) == []  # the same list again: no new entry
     assert s.viewed(A, SHA1) and not s.viewed(B, SHA1)
-    s.release_views(A, [SHA2])  # the entry could not be written
-    assert not s.viewed(A, SHA2)
-    assert s.claim_views(A, [SHA2]) == [SHA2]
     s.set_purpose(A, Purpose("inspection", "", "inspection"))  # a new purpose: logged anew
     assert not s.viewed(A, SHA1)
-    assert s.claim_views(A, [SHA1]) == [SHA1]
+    assert s.unviewed(A, [SHA1]) == [SHA1]
+
+
+def test_a_new_purpose_ends_the_sessions_grants() -> None:
+    s, _ = state()
+    s.set_purpose(A, CASE)
+    mine, theirs = s.issue(A, "sup", SHA1, entry=3), s.issue(B, "aud", SHA1, entry=4)
+    s.set_purpose(A, Purpose("inspection", "", "inspection"))
+    assert s.use(mine, A, "sup", SHA1) is None  # played under the old purpose's entry: ended
+    assert s.use(theirs, B, "aud", SHA1) is not None  # another session's grant stays
 
 
 def test_a_grant_serves_its_session_user_and_file_only() -> None:
@@ -85,10 +97,12 @@ def test_a_grant_lapses_when_idle_and_at_its_maximum_age() -> None:
 
 
 @given(st.lists(st.sampled_from([SHA1, SHA2, "3" * 64, "4" * 64]), max_size=12))
-def test_claims_add_up_to_the_distinct_recordings(batches: list[str]) -> None:
+def test_logged_views_add_up_to_the_distinct_recordings(batches: list[str]) -> None:
     s, _ = state()
     s.set_purpose(A, CASE)
-    claimed: list[str] = []
+    logged: list[str] = []
     for i in range(0, len(batches), 3):
-        claimed += s.claim_views(A, batches[i : i + 3])
-    assert sorted(claimed) == sorted(set(batches))
+        new = s.unviewed(A, batches[i : i + 3])
+        logged += new
+        s.mark_viewed(A, new)
+    assert sorted(logged) == sorted(set(batches))
