@@ -5,8 +5,8 @@
 (supervisors and auditors): reading spot-check results is part of the conduct
 reporting of Art. 20, and every role allowed ``spotcheck`` is allowed
 ``report`` (tests/unit/agent/test_spotcheck.py keeps it so). ``recompute``
-needs no station and no user: it is the auditor's own check of a draw from a
-checkpoint and the ledger entries.
+needs no station and no user: it is the auditor's own check of a draw from the
+ledger entries (its request, its signed checkpoint and the key history).
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from agent.commands import (
     period_options,
 )
 from agent.reports import Period, csv_text, default_tz, parse_bound, parse_tz
-from hashing.errors import EvidockError, InputError
+from hashing.errors import EvidockError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE
 from hashing.note import NoteVerifier
 
 REPORT_COLUMNS = (
+    "request",
     "draw",
+    "status",
     "time",
     "by",
     "officer",
@@ -73,18 +75,21 @@ def cmd_draw(args: argparse.Namespace) -> int:
     station = open_station(args)
     user = acting_user(args, station, "spotcheck")
     entry = spotcheck.draw(station, user, criteria, redraw_reason=args.redraw_reason)
-    body = entry.body
+    request = station.ledger.entry(int(entry.body["request"]))
+    body = {**request.body, **entry.body}
     if args.json:
         _print_json({"draw": entry.seq, **body})
         return EXIT_OK
     redraw = (
-        f"; REDRAW of draw {body['redraw_of']}: {body['reason']}"
+        f"; REDRAW of {_request_name(body['redraw_of'], spotcheck.review(station))}: "
+        f"{body['reason']}"
         if body["redraw_of"] is not None
         else ""
     )
     print(
-        f"draw {entry.seq}: {len(body['sample'])} of {body['population']} recording(s) "
-        f"({criteria.describe()}), from checkpoint size {body['size']} root {body['root']}{redraw}"
+        f"draw {entry.seq} (request {request.seq}): {len(body['sample'])} of "
+        f"{body['population']} recording(s) ({criteria.describe()}), seeded by the station's "
+        f"signature on checkpoint size {body['size']} root {body['root']}{redraw}"
     )
     for rank, sha in enumerate(body["sample"], 1):
         print(f"  {rank:>3}  {sha}")
@@ -115,28 +120,45 @@ def _reader(args: argparse.Namespace) -> spotcheck.Review:
     return spotcheck.review(station)
 
 
-def _line(p: spotcheck.Progress) -> str:
-    d = p.draw
-    text = (
-        f"{d.seq:>6}  {d.time[:19]}  {d.by:<12} {len(d.sample):>4} of {d.population:<6} "
-        f"reviewed {p.reviewed:>4}  not reviewed {p.not_reviewed:>4}  {d.criteria.describe()}"
+def _request_name(seq: int, review: spotcheck.Review) -> str:
+    made = review.drawn(seq)
+    return f"request {seq} (not drawn)" if made is None else f"draw {made.seq} (request {seq})"
+
+
+def _line(p: spotcheck.Progress, review: spotcheck.Review) -> str:
+    r, d = p.request, p.draw
+    what = (
+        spotcheck.NOT_DRAWN
+        if d is None
+        else f"{len(d.sample):>4} of {d.population:<6} reviewed {p.reviewed:>4}  "
+        f"not reviewed {p.not_reviewed:>4}"
     )
-    if d.redraw_of is not None:
-        text += f"\n        REDRAW of draw {d.redraw_of}: {d.reason}"
+    text = (
+        f"{'-' if d is None else d.seq:>6}  {r.seq:>7}  {r.time[:19]}  {r.by:<12} {what}  "
+        f"{r.criteria.describe()}"
+    )
+    if r.redraw_of is not None:
+        text += f"\n        REDRAW of {_request_name(r.redraw_of, review)}: {r.reason}"
     if p.redrawn_by:
-        text += f"\n        REDRAWN by draw(s) {', '.join(map(str, p.redrawn_by))}; {p.dropped} clip(s) dropped unreviewed"
+        later = ", ".join(_request_name(seq, review) for seq in p.redrawn_by)
+        text += f"\n        REDRAWN by {later}; {p.dropped} clip(s) dropped unreviewed"
     return text
 
 
+def _header() -> str:
+    return f"{'DRAW':>6}  {'REQUEST':>7}  {'TIME (UTC)':<19}  {'BY':<12} SAMPLE"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    progress = _reader(args).all_progress()
+    review = _reader(args)
+    progress = review.all_progress()
     if args.json:
         rows = [{k: v for k, v in p.as_dict().items() if k != "clips"} for p in progress]
         _print_json(rows)
         return EXIT_OK
-    print(f"{'DRAW':>6}  {'TIME (UTC)':<19}  {'BY':<12} SAMPLE")
+    print(_header())
     for p in progress:
-        print(_line(p))
+        print(_line(p, review))
     if not progress:
         print(
             "no spot-check draws yet; draw one with `evidock spotcheck draw --percent P --as USER`"
@@ -145,12 +167,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    p = _reader(args).progress(args.draw)
+    review = _reader(args)
+    drawn = review.draw(args.draw)
+    p = review.progress(drawn.request.seq)
     if args.json:
         _print_json(p.as_dict())
         return EXIT_OK
-    print(_line(p))
-    print(f"        checkpoint size {p.draw.size}, root {p.draw.root}")
+    print(_header())
+    print(_line(p, review))
+    print(f"        {drawn.rule}; checkpoint size {drawn.size}, root {drawn.root}")
     for c in p.clips:
         print(f"  {c.rank:>3}  {c.sha256}  {c.status}")
         for play in c.plays:
@@ -168,14 +193,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     chosen = [
         p
         for p in review.all_progress()
-        if period.contains(parse_bound(p.draw.time, tz, end=False, option="draw time"))
+        if period.contains(parse_bound(p.request.time, tz, end=False, option="request time"))
     ]
     rows = []
     for p in chosen:
         d = p.as_dict()
         rows.append(
             [
+                d["request"],
                 d["draw"],
+                d["status"],
                 d["time"],
                 d["by"],
                 d["officer"],
@@ -195,9 +222,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             ]
         )
     totals = {
-        "draws": len(chosen),
-        "redraws": sum(1 for p in chosen if p.draw.redraw_of is not None),
-        "sampled": sum(len(p.draw.sample) for p in chosen),
+        "requests": len(chosen),
+        "not_drawn": sum(1 for p in chosen if p.draw is None),
+        "redraws": sum(1 for p in chosen if p.request.redraw_of is not None),
+        "sampled": sum(len(p.sample) for p in chosen),
         "reviewed": sum(p.reviewed for p in chosen),
         "not_reviewed": sum(p.not_reviewed for p in chosen),
         "dropped_by_redraw": sum(p.dropped for p in chosen),
@@ -211,14 +239,16 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "from": period.start.isoformat(),
                 "to": period.end.isoformat(),
                 "totals": totals,
-                "draws": [dict(zip(REPORT_COLUMNS, row, strict=True)) for row in rows],
+                "requests": [dict(zip(REPORT_COLUMNS, row, strict=True)) for row in rows],
             }
         )
         return EXIT_OK
-    print(f"spot checks drawn {period.label}")
+    print(f"spot checks requested {period.label}")
     print("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in totals.items()))
+    if chosen:
+        print(_header())
     for p in chosen:
-        print(_line(p))
+        print(_line(p, review))
     return EXIT_OK
 
 
@@ -247,71 +277,43 @@ def _recompute(args: argparse.Namespace) -> int:
     for value in args.key or ():
         text = _read(value, "--key").decode() if Path(value).exists() else value
         keys += [NoteVerifier.parse(line) for line in text.splitlines() if line.strip()]
-    recorded = None
-    if args.draw is not None:
-        if args.percent or args.officer or args.start or args.end:
-            raise InputError(
-                "--draw takes the criteria from the draw entry; leave out --percent, --officer, --from and --to"
-            )
-        if not 0 <= args.draw < len(entries) or entries[args.draw].type != spotcheck.DRAW:
-            raise InputError(f"entry {args.draw} of {args.entries} is not a spot-check draw")
-        recorded = spotcheck.Draw.of(entries[args.draw])
-        criteria = recorded.criteria
-        note = (
-            _read(args.checkpoint, "--checkpoint").decode()
-            if args.checkpoint
-            else recorded.checkpoint
-        )
-    else:
-        if not args.percent or not args.checkpoint:
-            raise InputError(
-                "give --checkpoint FILE and --percent P (or --draw SEQ to check a recorded draw)"
-            )
-        criteria = _criteria(args)
-        note = _read(args.checkpoint, "--checkpoint").decode()
-    checkpoint = spotcheck.open_checkpoint(note, keys)
-    result = spotcheck.recompute(entries, checkpoint, criteria)
-    problems = []
-    if recorded is not None:
-        if (recorded.size, recorded.root) != (result.size, result.root):
-            problems.append(
-                f"draw {recorded.seq} names checkpoint size {recorded.size} root {recorded.root}, "
-                f"the checkpoint given is size {result.size} root {result.root}"
-            )
-        if recorded.population != result.population:
-            problems.append(
-                f"draw {recorded.seq} records a population of {recorded.population}, recomputed {result.population}"
-            )
-        if recorded.sample != result.sample:
-            problems.append(f"draw {recorded.seq} records a different sample than the rule gives")
+    result = spotcheck.recompute(entries, args.draw, keys)
     if args.json:
         _print_json(
             {
-                "rule": spotcheck.RULE,
-                **criteria.as_body(),
+                "rule": result.rule,
+                "draw": result.draw,
+                "request": result.request,
+                **result.criteria.as_body(),
                 "size": result.size,
                 "root": result.root,
+                "key": result.key,
+                "key_anchored": result.anchored,
                 "population": result.population,
                 "sample": list(result.sample),
-                "signature_checked": bool(keys),
-                "draw": None if recorded is None else recorded.seq,
-                "matches": None if recorded is None else not problems,
-                "problems": problems,
+                "matches": not result.problems,
+                "problems": list(result.problems),
             }
         )
     else:
+        trust = (
+            "a key you trust"
+            if result.anchored
+            else "the key history in these entries (give --key to anchor it)"
+        )
         print(
-            f"{spotcheck.RULE}: {len(result.sample)} of {result.population} recording(s) "
-            f"({criteria.describe()}) from checkpoint size {result.size} root {result.root}"
-            + ("" if keys else " (signature not checked: give --key to check it)")
+            f"{result.rule}: draw {result.draw} (request {result.request}): "
+            f"{len(result.sample)} of {result.population} recording(s) "
+            f"({result.criteria.describe()}) from checkpoint size {result.size} root "
+            f"{result.root}, signed by {result.key}, the key in force by {trust}"
         )
         for rank, sha in enumerate(result.sample, 1):
             print(f"  {rank:>3}  {sha}")
-        if recorded is not None:
-            print(
-                f"draw {recorded.seq}: " + ("; ".join(problems) if problems else "matches the rule")
-            )
-    return EXIT_INTEGRITY if problems else EXIT_OK
+        print(
+            f"draw {result.draw}: "
+            + ("; ".join(result.problems) if result.problems else "matches the rule")
+        )
+    return EXIT_INTEGRITY if result.problems else EXIT_OK
 
 
 def register(sub: Subparsers, add: Add) -> None:
@@ -323,7 +325,7 @@ def register(sub: Subparsers, add: Add) -> None:
     p = add(
         "draw",
         cmd_draw,
-        "draw a sample nobody can steer, from the latest signed checkpoint (auditors)",
+        "request a sample, then draw it from the station's signature over the request (auditors)",
         group,
     )
     p.add_argument("--percent", required=True, metavar="P", help="share to sample, e.g. 5 or 2.5")
@@ -332,7 +334,7 @@ def register(sub: Subparsers, add: Add) -> None:
     p.add_argument(
         "--redraw-reason",
         metavar="TEXT",
-        help="why a period already drawn is drawn again (required then; shown in every report)",
+        help="why a period already requested is drawn again (required then; shown in every report)",
     )
     p.add_argument("--json", action="store_true")
     add_user_options(p)
@@ -351,7 +353,12 @@ def register(sub: Subparsers, add: Add) -> None:
     )
     add_user_options(p)
 
-    p = add("list", cmd_list, "every draw with its progress; redraws marked", group)
+    p = add(
+        "list",
+        cmd_list,
+        "every request with its draw and progress; redraws and undrawn requests marked",
+        group,
+    )
     p.add_argument("--json", action="store_true")
     add_user_options(p)
 
@@ -363,37 +370,29 @@ def register(sub: Subparsers, add: Add) -> None:
     p = add(
         "report",
         cmd_report,
-        "draws made in a period: samples, reviewed / not reviewed, findings, redraws",
+        "requests made in a period: samples, reviewed / not reviewed, findings, redraws",
         group,
     )
     period_options(p, required=True)
-    p.add_argument("--csv", metavar="FILE", help="also write one row per draw to this CSV file")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per request to this CSV file")
     p.add_argument("--json", action="store_true")
     add_user_options(p)
 
     p = add(
         "recompute",
         cmd_recompute,
-        "recompute a sample offline from a checkpoint and `evidock ledger entries` output",
+        "recompute a recorded draw offline from `evidock ledger entries` output; exit 1 if it differs",
         group,
     )
     p.add_argument(
         "--entries", required=True, metavar="FILE", help="`evidock ledger entries` output"
     )
-    p.add_argument("--checkpoint", metavar="FILE", help="the signed checkpoint note")
+    p.add_argument("--draw", required=True, type=int, metavar="SEQ", help="the draw's entry number")
     p.add_argument(
         "--key",
         action="append",
         metavar="KEY",
-        help="verifier key (or a file holding one) to check the checkpoint's signature",
+        help="verifier key you trust (or a file holding one); without it the key history "
+        "in the entries is taken as given",
     )
-    p.add_argument(
-        "--draw",
-        type=int,
-        metavar="SEQ",
-        help="check a recorded draw: its criteria and checkpoint from its entry; exit 1 if it differs",
-    )
-    p.add_argument("--percent", metavar="P")
-    p.add_argument("--officer", metavar="ID")
-    period_options(p, required=False)
     p.add_argument("--json", action="store_true")
