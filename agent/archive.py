@@ -50,7 +50,7 @@ import jinja2
 
 from agent.exports import check_new_path, export, purged
 from agent.roles import ScopedActor, require
-from hashing.bundle import ARCHIVE, TAG, Selection
+from hashing.bundle import ARCHIVE, DIR_MODE, TAG, Selection, restrict_modes
 from hashing.entries import INGEST
 from hashing.errors import EvidockError, InputError
 from hashing.station import Station
@@ -197,7 +197,8 @@ def archive(
         groups.append((None, uncased))
     left_out = 0 if include_uncased else len(uncased)
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    restrict_modes(out, files=False)
     purpose = f"year-end archive {year}"
     taken = {"index.json", "index.csv", "index.html", UNCASED}
     rows: list[CaseArchive] = []
@@ -270,11 +271,14 @@ def _write_index(
     complete: bool,
 ) -> None:
     latest = station.ledger.latest_checkpoint()
+    key = station.keys.load().verifier
     index: dict[str, Any] = {
         "format": FORMAT,
         "station": station.station_id,
         "origin": station.origin,
-        "key": station.keys.load().verifier.vkey,
+        # Name and fingerprint only: an auditor takes the key itself from the agency.
+        "key_name": key.name,
+        "key_id": key.key_id_hex,
         "year": year,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "by": user.name,
@@ -318,6 +322,8 @@ def _write_index(
         )
     (out / "index.csv").write_text(buf.getvalue(), encoding="utf-8")
     (out / "index.html").write_text(_INDEX.render(index=index), encoding="utf-8")
+    for name in ("index.json", "index.csv", "index.html"):
+        restrict_modes(out / name, files=False)
 
 
 _INDEX = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
@@ -342,11 +348,14 @@ _INDEX = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).f
 <body>
 <h1>Year-end archive {{ index.year }} · 年度归档 — {{ index.station }}</h1>
 {% if not index.complete %}<p class="warn">INCOMPLETE: the archive run stopped; only the cases below were written.</p>{% endif %}
-<p>Written {{ index.created }} by {{ index.by }} ({{ index.role }}). Station key:
-<span class="digest">{{ index.key }}</span> (check it against the one the agency publishes).
-Each folder is a bundle: <code>evidock verify FOLDER --key KEY</code>, or
-<code>python3 FOLDER/verifier/verify.py FOLDER --key KEY</code>, or
-<code>sha256sum -c SHA256SUMS</code> inside it.</p>
+<p>Written {{ index.created }} by {{ index.by }} ({{ index.role }}). Station key
+<span class="digest">{{ index.key_name }}</span>, fingerprint (key id)
+<span class="digest">{{ index.key_id }}</span>: compare them with the key the agency
+publishes, and take the key itself from the agency, never from this archive.
+Each folder is a bundle: <code>evidock verify FOLDER --key 'STATION-VERIFIER-KEY'</code>, or
+<code>python3 FOLDER/verifier/verify.py FOLDER --key 'STATION-VERIFIER-KEY'</code>, or
+<code>sha256sum -c SHA256SUMS</code> inside it, with the station's key from the agency in
+place of STATION-VERIFIER-KEY.</p>
 {% if index.uncased_not_archived %}<p>{{ index.uncased_not_archived }} recording(s) of {{ index.year }} bound to no case were not archived.</p>{% endif %}
 <table>
 <thead><tr><th>case · 案件编号</th><th>folder</th><th class="num">files</th><th class="num">bytes</th>

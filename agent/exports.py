@@ -21,7 +21,10 @@ POSIX names, read-only modes) and Joliet (long names for Windows) through
 ``xorriso -as mkisofs``; ``burn_folder`` makes a read-only copy ready for any
 burning program. The image is reproducible: every date in it is the export
 entry's time and ownership and modes are normalised (``-r``), so the same tree
-gives the same bytes, and its SHA-256 is printed and recorded. Each image or
+gives the same bytes, and its SHA-256 is printed and recorded. On the dock the
+image (0400) and the folder to burn (files 0400, folders 0500) are readable by
+their owner alone, like the bundle (hashing.bundle.restrict_modes); on the
+disc, Rock Ridge makes everything readable. Each image or
 folder is a further copy of the bundle, so each is recorded as an ``access``
 entry of action ``copy`` whose ``detail`` names the image and its digest (or
 the folder) and the export entry it copies.
@@ -38,6 +41,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,25 +49,26 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from agent.access import COPY, DISCLOSE, EXPORT_ACTION, authorise, check_purpose, record_access
 from agent.roles import ScopedActor, require
 from hashing._fsutil import fsync_dir
-from hashing.bundle import Request, Selection, export_bundle, select
+from hashing.bundle import Request, Selection, export_bundle, restrict_modes, select
 from hashing.digest import digest_file
 from hashing.entries import Entry, parse_time
 from hashing.errors import ConfigError, EvidockError, InputError
 from hashing.note import NoteVerifier
 from hashing.retention import PURGE
 from hashing.station import Station
-from hashing.verify import NOTICE
+from hashing.verify import NOTICE, SUMMARY, disclosure_notice, notice_html
 
 log = logging.getLogger(__name__)
 
-SUMMARY = "summary.html"
 RECIPIENT_MAX = 200
 XORRISO = "xorriso"
 LABEL_MAX = 32  # ISO 9660 volume identifier: 32 d-characters (ECMA-119 8.4.6)
+IMAGE_MODE, BURN_FILE_MODE, BURN_DIR_MODE = 0o400, 0o400, 0o500
 _LABEL_BAD = re.compile(r"[^A-Z0-9_]")
 
 
@@ -175,6 +180,7 @@ def export(
     entry = station.ledger.entry(int(manifest["export_entry"]))
     key = station.keys.load().verifier
     (out / SUMMARY).write_text(summary_html(out, key), encoding="utf-8")
+    restrict_modes(out)
     notice_path = out / NOTICE
     result = ExportResult(
         out=out,
@@ -253,14 +259,19 @@ def disc_image(bundle: Path, image: Path, label: str, when: datetime) -> tuple[s
     Every date in the image (volume, files, UUID) is ``when`` and ownership and
     modes are normalised, so the same tree always gives the same image: the
     digest printed at export can be re-derived from the folder. The image is
-    written beside ``image`` and renamed into place once complete and fsynced.
+    written beside ``image`` and renamed into place once complete and fsynced,
+    readable by its owner alone (0400).
     Raises ConfigError (no xorriso) or EvidockError (xorriso failed).
     """
     if shutil.which(XORRISO) is None:
         raise ConfigError("xorriso is not installed: apt-get install xorriso")
     stamp = _stamp(when)
-    partial = image.with_name(f".{image.name}.partial")
-    partial.unlink(missing_ok=True)
+    # Absolute paths only: a name such as "-J" would be taken for an option. The
+    # image is written in a private folder beside its place (0700: nobody else
+    # reads it while it grows) and renamed into place once complete.
+    image = image.absolute()
+    work = Path(tempfile.mkdtemp(prefix=f".{image.name}.", dir=image.parent))
+    partial = work / "image.iso"
     command = [
         XORRISO,
         "-as",
@@ -278,41 +289,48 @@ def disc_image(bundle: Path, image: Path, label: str, when: datetime) -> tuple[s
         stamp,
         "-o",
         os.fsdecode(partial),
-        os.fsdecode(bundle),
+        os.fsdecode(bundle.absolute()),
     ]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(when.timestamp()))}
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        tail = " ".join(done.stderr.strip().splitlines()[-3:])
-        raise EvidockError(
-            f"{image}: xorriso failed (exit {done.returncode}): {tail}; "
-            "check the free space and the folder's permissions"
-        )
-    fd = os.open(partial, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        if done.returncode != 0:
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])
+            raise EvidockError(
+                f"{image}: xorriso failed (exit {done.returncode}): {tail}; "
+                "check the free space and the folder's permissions"
+            )
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        partial.chmod(IMAGE_MODE)
+        os.replace(partial, image)
     finally:
-        os.close(fd)
-    partial.chmod(0o444)
-    os.replace(partial, image)
+        shutil.rmtree(work, ignore_errors=True)
     fsync_dir(image.parent)
     digest = digest_file(image)
     return digest.sha256_hex, digest.size
 
 
 def burn_folder(bundle: Path, dest: Path) -> None:
-    """Copy the bundle to ``dest`` as it will stand on the disc: files 0444,
-    folders 0555, no links. Raises InputError if ``dest`` is not new or empty."""
+    """Copy the bundle to ``dest`` as it will stand on the disc, no links, and
+    read-only for its owner alone (files 0400, folders 0500; a burning program
+    running as another user needs read access granted to it). Raises
+    InputError if ``dest`` is not new or empty."""
     check_new_path(dest, "folder to burn", folder=True)
     if dest.exists():
-        dest.rmdir()
-    shutil.copytree(bundle, dest, symlinks=True)
+        dest.chmod(BURN_DIR_MODE | 0o200)  # the owner's alone while it is filled
+    else:
+        dest.mkdir(mode=BURN_DIR_MODE | 0o200)
+    shutil.copytree(bundle, dest, symlinks=True, dirs_exist_ok=True)
+    dest.chmod(BURN_DIR_MODE | 0o200)  # copytree gave it the bundle's mode
     for path in sorted(dest.rglob("*"), reverse=True):
         if path.is_symlink():
             raise InputError(f"{path}: a symbolic link in the bundle; not copied to disc")
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    dest.chmod(0o555)
+        path.chmod(BURN_DIR_MODE if path.is_dir() else BURN_FILE_MODE)
+    dest.chmod(BURN_DIR_MODE)
 
 
 # -- the printable summary ----------------------------------------------------
@@ -347,8 +365,12 @@ _SUMMARY = _ENV.from_string(
 </style>
 </head>
 <body>
-{% if notice %}<div class="notice" id="notice">{% for line in notice %}<p>{{ line }}</p>{% endfor %}</div>{% endif %}
+{% if notice %}{{ notice }}{% endif %}
 <h1>Evidence export · 证据导出 — {{ station }}</h1>
+<p class="counts">This page and README.txt are for reading and printing, and anyone can edit
+them: what counts is NOTICE.txt (a disclosure's notice, which the verifier checks against
+the signed ledger entry) and the verifier's report (see “How to check this copy”).<br>
+本页与 README.txt 仅供阅读、打印，可被任意修改；以 NOTICE.txt 和校验程序的报告为准。</p>
 <table>
 <tr><th>Station · 采集站</th><td>{{ station }} ({{ origin }})</td></tr>
 <tr><th>Action</th><td>{{ action }}</td></tr>
@@ -381,14 +403,16 @@ _SUMMARY = _ENV.from_string(
 <table>
 <tr><th>Key name</th><td class="key">{{ key.name }}</td></tr>
 <tr><th>Fingerprint (key id)</th><td class="key">{{ key.key_id_hex }}</td></tr>
-<tr><th>Verifier key</th><td class="key">{{ key.vkey }}</td></tr>
 </table>
-<p>Check the key against the one the agency publishes, not against this page.</p>
+<p>Compare the name and fingerprint with the key the agency publishes, and take the key
+itself from the agency, never from this page or this folder.</p>
 
 <h2>How to check this copy</h2>
+<p>In the bundle's folder, with the station's key from the agency in place of
+STATION-VERIFIER-KEY:</p>
 <pre>sha256sum -c SHA256SUMS
-evidock verify . --key '{{ key.vkey }}'
-python3 verifier/verify.py . --key '{{ key.vkey }}'</pre>
+evidock verify . --key 'STATION-VERIFIER-KEY'
+python3 verifier/verify.py . --key 'STATION-VERIFIER-KEY'</pre>
 </body>
 </html>
 """
@@ -406,18 +430,19 @@ def _entries(bundle: Path) -> dict[int, Entry]:
 
 def summary_html(bundle: Path, key: NoteVerifier) -> str:
     """A printable HTML summary of a bundle for the paper file: case, files with
-    digests and sizes, the checkpoint, the station key and its fingerprint, who
-    exported it and why, and a disclosure's notice. No script, every value
-    escaped (case ids and purposes are free text). Raises OSError or
-    InputError for a folder that is not a bundle."""
+    digests and sizes, the checkpoint, the station key's name and fingerprint
+    (never the key: an auditor takes it from the agency), who exported it and
+    why, and a disclosure's notice (derived from the export entry, as the
+    verifier expects it). No script, every value escaped (case ids and purposes
+    are free text). Raises OSError or InputError for a folder that is not a
+    bundle."""
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     entries = _entries(bundle)
     export_entry = entries[int(manifest["export_entry"])]
     body = export_entry.body
     note = (bundle / "checkpoint.txt").read_text(encoding="utf-8")
     note_lines = note.splitlines()
-    notice_path = bundle / NOTICE
-    notice = notice_path.read_text(encoding="utf-8").splitlines() if notice_path.exists() else None
+    notice = disclosure_notice(export_entry)
     files = []
     for f in manifest["files"]:
         ingest = entries[int(f["seq"])].body
@@ -443,7 +468,9 @@ def summary_html(bundle: Path, key: NoteVerifier) -> str:
         role=body.get("role", "-"),
         purpose=body.get("purpose", "-"),
         recipient=body.get("recipient"),
-        notice=notice,
+        # The markup the verifier compares with the export entry's notice;
+        # notice_html escapes every character of it.
+        notice=None if notice is None else Markup(notice_html(notice)),  # noqa: S704
         files=files,
         total=sum(int(f["size"]) for f in files),
         tree_size=manifest["tree_size"],

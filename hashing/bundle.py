@@ -13,6 +13,13 @@
     verifier/verify.py         the offline verifier, with the ``hashing`` modules it
     verifier/hashing/*.py      needs: `python3 verifier/verify.py . --key KEY` runs
                                with Python 3.11+ and python3-cryptography alone
+    summary.html               (exports through the agent) a printable page
+
+Nothing else belongs in a bundle: the verifier reports any other file, folder,
+link or special file as added (hashing.verify.LAYOUT_FILES). The pages for
+humans (README.txt, summary.html) name the station key and its fingerprint but
+never paste the key: an auditor takes it from the agency. The bundle is its
+owner's alone (files FILE_MODE, folders DIR_MODE), whatever the umask.
 
 The covering entries are each file's ``ingest`` entry, the key entries (genesis
 and every rotation, so the verifier can follow the key from the one the auditor
@@ -29,8 +36,10 @@ what is the agent's (agent.exports), not the integrity core's.
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,7 +54,9 @@ from hashing.entries import EXPORT, INGEST, KEY_ROTATION, Entry
 from hashing.errors import DigestMismatchError, InputError
 from hashing.proofs_json import consistency_json, inclusion_json
 from hashing.station import Station, software_version
-from hashing.verify import DISCLOSE, NOTICE, disclosure_notice
+from hashing.verify import DISCLOSE, NOTICE, README, disclosure_notice, notice_head
+
+log = logging.getLogger(__name__)
 
 FORMAT = "evidock-bundle/1"
 MAX_CONSISTENCY_PROOFS = 512
@@ -54,6 +65,9 @@ _EXT = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 EXPORT_ACTION, ARCHIVE = "export", "archive"
 ACTIONS = (EXPORT_ACTION, DISCLOSE, ARCHIVE)
 VERIFIER_DIR = "verifier"
+# A bundle holds recordings: readable by the user who exported it only, also
+# where the command line runs without the station service's UMask=0077.
+FILE_MODE, DIR_MODE = 0o600, 0o700
 _PACKAGE = Path(__file__).resolve().parent  # the installed ``hashing`` package
 
 # The entry point of the verifier a bundle carries. It puts its own folder first
@@ -77,6 +91,7 @@ from pathlib import Path
 
 if sys.version_info < (3, 11):
     sys.exit("verify.py needs Python 3.11 or later")
+sys.dont_write_bytecode = True  # leave the bundle as it was found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
     import cryptography  # noqa: F401
@@ -297,6 +312,30 @@ def _copy_verifier(out: Path) -> dict[str, Any]:
     }
 
 
+def restrict_modes(folder: Path, *, files: bool = True) -> None:
+    """Make ``folder`` (and, with ``files``, everything in it) its owner's alone:
+    files FILE_MODE, folders DIR_MODE; links are not followed. ``folder`` may
+    be a single file (with ``files=False``). On a filesystem
+    without POSIX modes (FAT, exFAT: its mount options decide) this is logged,
+    not an error."""
+    paths = [folder, *(folder.rglob("*") if files else ())]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        try:
+            path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            log.warning(
+                "%s: its mode cannot be set (%s), so who may read the bundle is what the "
+                "filesystem's mount options say; export to a Linux filesystem to restrict it",
+                path,
+                e.strerror,
+            )
+            return
+
+
 def _clear(out: Path, created: bool) -> None:
     """Remove what a failed export wrote, so no unrecorded copy stays behind."""
     if created:
@@ -334,8 +373,9 @@ def export_bundle(
     chosen = select(station, selection)
     carried = [station.ledger.entry(seq) for seq in sorted(set(carry))]
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     try:
+        restrict_modes(out, files=False)  # nobody else may look in while it is written
         files = _copy_files(station, chosen, out)
         verifier = _copy_verifier(out)
     except BaseException:
@@ -434,22 +474,21 @@ def _finish(
     notice = disclosure_notice(export_entry)
     if notice is not None:
         (out / NOTICE).write_text(notice, encoding="utf-8")
-    (out / "README.txt").write_text(
+    (out / README).write_text(
         _readme(manifest, signed.note, station, export_entry, notice), encoding="utf-8"
     )
+    restrict_modes(out)
     return out
 
 
 def _readme(
     manifest: dict[str, Any], note: str, station: Station, export: Entry, notice: str | None
 ) -> str:
-    key = station.keys.load().verifier.vkey
+    key = station.keys.load().verifier
     body = export.body
-    lines = []
-    if notice is not None:
-        # Art. 18: whoever holds this copy sees first to whom it was given and why.
-        rule = "=" * 78
-        lines += [rule, *notice.splitlines(), rule, ""]
+    # Art. 18: whoever holds this copy of a disclosure sees first to whom it was
+    # given and why (the verifier checks this head against the export entry).
+    lines = [] if notice is None else notice_head(notice).split("\n")[:-1]
     lines += [
         "EVIDENCE EXPORT — evidock",
         "",
@@ -466,9 +505,16 @@ def _readme(
         f"Recordings:  {len(manifest['files'])}",
         f"Ledger size: {manifest['tree_size']} entries (export recorded as entry "
         f"{manifest['export_entry']})",
-        f"Signing key: {key}",
+        f"Signing key: {key.name}, fingerprint (key id) {key.key_id_hex}",
+        "             Compare it with the key the agency publishes, and take the key",
+        "             itself from the agency, never from this folder.",
         "",
         "HOW TO CHECK THIS EXPORT",
+        "",
+        "This file and summary.html are for reading and printing, and anyone can",
+        "edit them: what counts is the verifier's report (step 2) and, for a",
+        "disclosure, NOTICE.txt, which the verifier checks against the signed",
+        "ledger entry.",
         "",
         "1. File digests, with nothing but coreutils:",
         "       sha256sum -c SHA256SUMS",

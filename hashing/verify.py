@@ -15,6 +15,9 @@ import argparse
 import base64
 import binascii
 import json
+import os
+import re
+import stat
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -46,7 +49,32 @@ from hashing.merkle import root_of, verify_consistency, verify_inclusion
 from hashing.note import NoteVerifier, open_note, parse_note
 
 NOTICE = "NOTICE.txt"  # the visible notice of a disclosure (Art. 18)
+README = "README.txt"
+SUMMARY = "summary.html"  # the printable page an export through the agent adds
 DISCLOSE = "disclose"  # the export entry's action for a disclosure
+NOTICE_RULE = "=" * 78
+
+# A bundle's layout (hashing.bundle): every other file, folder or link in it is
+# reported, so nothing rides along unchecked (a second copy of a recording, a
+# second notice). NOTICE.txt, files/, chunks/ and verifier/ are checked apart.
+LAYOUT_FILES = frozenset(
+    {
+        README,
+        "SHA256SUMS",
+        "manifest.json",
+        "checkpoint.txt",
+        "entries.jsonl",
+        SUMMARY,
+        "proofs/inclusion.jsonl",
+        "proofs/consistency.jsonl",
+    }
+)
+FILES_DIR, CHUNKS_DIR, VERIFIER_DIR = "files", "chunks", "verifier"
+LAYOUT_DIRS = frozenset({FILES_DIR, CHUNKS_DIR, "proofs"})
+# What Python leaves beside a module it imported, were the bundle writable when
+# its verifier ran (the verifiers older bundles carry do not turn that off).
+_PYCACHE = re.compile(r"(?P<module>[A-Za-z0-9_]+)\.[a-z]+-[0-9]+(?:\.opt-[12])?\.pyc")
+_HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
 
 
 def disclosure_notice(entry: Entry) -> str | None:
@@ -64,6 +92,18 @@ def disclosure_notice(entry: Entry) -> str | None:
         f"依申请提供给 {recipient}，用途：{purpose}；经办：{user}（{role}），{date}；"
         f"存证日志第 {entry.seq} 条\n"
     )
+
+
+def notice_head(notice: str) -> str:
+    """How README.txt of a disclosure begins: the notice between two rules."""
+    return f"{NOTICE_RULE}\n{notice}{NOTICE_RULE}\n\n"
+
+
+def notice_html(notice: str) -> str:
+    """The notice as summary.html carries it: one paragraph a line, every
+    character HTML-escaped (as markupsafe does, so older pages compare equal)."""
+    lines = "".join(f"<p>{line.translate(_HTML_ESCAPES)}</p>" for line in notice.splitlines())
+    return f'<div class="notice" id="notice">{lines}</div>'
 
 
 def trusted_keys(history: KeyHistory | None, anchors: Sequence[NoteVerifier]) -> list[NoteVerifier]:
@@ -415,17 +455,7 @@ def _check_files(
         for s in ingests
         if s in by_sha and (exported_files is None or s in exported_files)
     }
-    on_disk = (
-        {
-            str(p.relative_to(folder))
-            for p in (folder / "files").rglob("*")
-            if p.is_file() or p.is_symlink()
-        }
-        if (folder / "files").is_dir()
-        else set()
-    )
-    for path in sorted(on_disk - covered):
-        report.add(FILE_ADDED, path, "no proven ledger entry covers this file")
+    _check_layout(report, folder, manifest, listed, covered, export)
     _check_sums(report, folder, listed)
     report.checked["files intact"] = f"{intact} of {len(listed)}"
 
@@ -519,6 +549,155 @@ def _check_request(report: Report, folder: Path, export: Entry) -> None:
         )
     else:
         report.checked["notice"] = "matches the export entry"
+    _check_notice_copies(report, folder, export, expected)
+
+
+def _check_notice_copies(report: Report, folder: Path, export: Entry, expected: str | None) -> None:
+    """README.txt (at its head) and summary.html (if the bundle has one) show a
+    disclosure's notice to whoever opens them first: each must show exactly the
+    notice the export entry implies, and a bundle of no disclosure none."""
+    # README.txt is in every bundle, the notice at its head; summary.html only in
+    # those written through the agent (and in none before it existed).
+    copies = ((README, notice_head, True), (SUMMARY, notice_html, False))
+    for name, render, required in copies:
+        path = folder / name
+        if path.is_symlink():
+            continue  # reported by the layout check; a link is not followed
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if expected is not None and required:
+                report.add(
+                    FILE_MISSING,
+                    name,
+                    f"export entry {export.seq} records a disclosure; {name}, which shows "
+                    "its notice first, was removed",
+                )
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            report.add(FILE_MODIFIED, name, f"unreadable ({e}): its notice cannot be checked")
+            continue
+        if expected is None:
+            planted = text.startswith(NOTICE_RULE) if required else 'id="notice"' in text
+            if planted:
+                report.add(
+                    FILE_MODIFIED,
+                    name,
+                    f"shows a disclosure notice, but export entry {export.seq} records no "
+                    "disclosure",
+                )
+            continue
+        shown = render(expected)
+        if not (text.startswith(shown) if required else shown in text):
+            report.add(
+                FILE_MODIFIED,
+                name,
+                f"does not show {'at its head ' if required else ''}the notice export entry "
+                f"{export.seq} records ({expected.splitlines()[0]!r}); what counts is "
+                f"{NOTICE} and this report",
+            )
+
+
+def _verifier_files(report: Report, manifest: dict[str, Any]) -> set[str]:
+    """The paths under verifier/ that manifest.json lists (none in older bundles)."""
+    part = manifest.get("verifier")
+    if part is None:
+        return set()
+    rows = part.get("files") if isinstance(part, dict) else None
+    if not isinstance(rows, list):
+        report.add(MALFORMED, "manifest.json", "verifier has no list of files")
+        return set()
+    paths = set()
+    for row in rows:
+        path = row.get("path") if isinstance(row, dict) else None
+        parts = PurePosixPath(path).parts if isinstance(path, str) else ()
+        if len(parts) < 2 or parts[0] != VERIFIER_DIR or {".", "..", "/"} & set(parts):
+            report.add(
+                MALFORMED,
+                "manifest.json",
+                f"verifier file path {path!r} is not a file under {VERIFIER_DIR}/",
+            )
+            continue
+        paths.add("/".join(parts))
+    return paths
+
+
+def _check_layout(
+    report: Report,
+    folder: Path,
+    manifest: dict[str, Any],
+    listed: dict[str, dict[str, Any]],
+    covered: set[str],
+    export: Entry | None,
+) -> None:
+    """Report as added everything in the bundle its layout does not hold: files,
+    folders, symbolic links and special files alike. Paths checked elsewhere
+    (the recordings an entry covers, the notice once the export entry is
+    known, a linked files/) are left to those checks."""
+    allowed_files = set(LAYOUT_FILES)
+    allowed_files |= {f"{CHUNKS_DIR}/{f.get('sha256')}.json" for f in listed.values()}
+    allowed_dirs = set(LAYOUT_DIRS)
+    modules: dict[str, set[str]] = {}  # verifier folder -> the modules listed in it
+    for path in _verifier_files(report, manifest):
+        allowed_files.add(path)
+        parent = PurePosixPath(path).parent
+        allowed_dirs |= {str(p) for p in (parent, *parent.parents) if str(p) != "."}
+        if path.endswith(".py"):
+            modules.setdefault(str(parent), set()).add(PurePosixPath(path).stem)
+    for where, names in modules.items():
+        cache = f"{where}/__pycache__"
+        allowed_dirs.add(cache)
+        for child in (folder / cache).iterdir() if (folder / cache).is_dir() else ():
+            match = _PYCACHE.fullmatch(child.name)
+            if match is not None and match.group("module") in names:
+                allowed_files.add(f"{cache}/{child.name}")
+    skip = set(covered)
+    if export is None:
+        allowed_files.add(NOTICE)  # which bundle it is, is unknown: no finding on it
+    else:
+        skip.add(NOTICE)  # _check_request says whether it belongs
+    if (folder / FILES_DIR).is_symlink():
+        skip.add(FILES_DIR)  # reported as malformed
+
+    def visit(rel: str, in_layout: bool) -> None:
+        try:
+            names = sorted(child.name for child in (folder / rel).iterdir())
+        except OSError as e:
+            report.add(FILE_ADDED, rel, f"a folder that cannot be read ({e.strerror}): not checked")
+            return
+        for name in names:
+            path = f"{rel}/{name}" if rel else name
+            if path in skip:
+                continue
+            try:
+                mode = os.lstat(folder / path).st_mode
+            except OSError:
+                continue  # gone since it was listed
+            known = in_layout and path in (allowed_dirs if stat.S_ISDIR(mode) else allowed_files)
+            if stat.S_ISDIR(mode):
+                if not known and not any((folder / path).iterdir()):
+                    report.add(
+                        FILE_ADDED, path + "/", "an empty folder the bundle's layout has not"
+                    )
+                visit(path, known)
+            elif not known or not stat.S_ISREG(mode):
+                report.add(FILE_ADDED, path, _why_added(folder, path, mode))
+
+    visit("", True)
+
+
+def _why_added(folder: Path, path: str, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        try:
+            target = repr(str((folder / path).readlink()))
+        except OSError as e:
+            target = f"unreadable: {e.strerror}"
+        return f"a symbolic link (to {target}): a bundle holds its files themselves"
+    if not stat.S_ISREG(mode):
+        return "a special file (device, pipe or socket), which no bundle holds"
+    if PurePosixPath(path).parts[0] == FILES_DIR:
+        return "no proven ledger entry covers this file"
+    return "not part of an evidock bundle's layout: nothing in the bundle vouches for it"
 
 
 def _in_files_folder(path: str) -> bool:
@@ -583,26 +762,74 @@ def _check_sums(report: Report, folder: Path, listed: dict[str, dict[str, Any]])
 # -- the command line of the verifier that travels inside each bundle ------------
 
 
-def read_keys(values: Sequence[str]) -> list[NoteVerifier]:
-    """Verifier keys from ``--key`` values: a key itself, or a file holding keys
-    (one a line). Raises InputError for an unreadable file or a malformed key."""
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder``, as named or once links are followed."""
+    named = Path(os.path.normpath(path.absolute()))
+    if named.is_relative_to(os.path.normpath(folder.absolute())):
+        return True
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a loop of links: it cannot be read either
+        return False
+
+
+def _read_outside(value: str, bundle: Path | None, what: str) -> str:
+    """The text of the file ``value`` names, which must not lie in ``bundle``.
+    Raises InputError."""
+    path = Path(value)
+    present = path.exists() or path.is_symlink()  # a missing one: "cannot read" below
+    if bundle is not None and present and _inside(path, bundle):
+        raise InputError(
+            f"{what} {value} lies inside the bundle being verified ({bundle}), which cannot "
+            f"vouch for itself: keep the {what} outside the bundle and give its path"
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} {value}: cannot read: {e}") from e
+
+
+def read_key(value: str, *, bundle: Path | None = None) -> list[NoteVerifier]:
+    """The verifier keys a ``--key`` value gives. A value that is a verifier key
+    (name+keyid+key) is that key, whatever files exist: a key's name holds '/'
+    (``evidock/dock-01+…``), so a file of that very name, planted in a bundle
+    an auditor verifies from inside, would otherwise stand in for the key.
+    Anything else names a file holding keys, one a line; with ``bundle``, a
+    file inside that folder is refused. Raises InputError."""
+    try:
+        return [NoteVerifier.parse(value)]
+    except InputError as not_a_key:
+        if "+" in value and not (Path(value).exists() or Path(value).is_symlink()):
+            raise InputError(
+                f"--key {value!r} is not a verifier key ({not_a_key}) nor a file: give the "
+                "station's key as the agency publishes it (name+keyid+key), or a file holding it"
+            ) from not_a_key
+    text = _read_outside(value, bundle, "key file")
     keys = []
-    for value in values:
-        text = value
-        if "+" not in value or Path(value).exists():
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
             try:
-                text = Path(value).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise InputError(f"key file {value}: cannot read: {e}") from e
-        for line in text.splitlines():
-            if line.strip():
-                try:
-                    keys.append(NoteVerifier.parse(line.strip()))
-                except InputError as e:
-                    raise InputError(f"key {value!r}: {e}") from e
+                keys.append(NoteVerifier.parse(line))
+            except InputError as e:
+                raise InputError(f"key file {value} line {number}: {e}") from e
+    if not keys:
+        raise InputError(f"key file {value} holds no verifier key: one key a line")
+    return keys
+
+
+def read_keys(values: Sequence[str], *, bundle: Path | None = None) -> list[NoteVerifier]:
+    """The verifier keys of all ``--key`` values (read_key), at least one.
+    Raises InputError."""
+    keys = [key for value in values for key in read_key(value, bundle=bundle)]
     if not keys:
         raise InputError("no verifier key given: pass --key with the station's key")
     return keys
+
+
+def read_held_checkpoint(value: str, *, bundle: Path | None = None) -> str:
+    """The checkpoint an auditor holds (``--checkpoint FILE``), which must not lie
+    in the bundle it is compared with. Raises InputError."""
+    return _read_outside(value, bundle, "checkpoint")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -619,26 +846,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         action="append",
         metavar="KEY",
-        help="the station's verifier key, or a file holding it (repeatable); "
-        "obtain it from the agency, not from the bundle",
+        help="the station's verifier key, or a file outside the bundle holding it "
+        "(repeatable); obtain it from the agency, not from the bundle",
     )
     parser.add_argument(
         "--checkpoint", metavar="FILE", help="a checkpoint you already hold: detects rollback"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable report")
     args = parser.parse_args(argv)
+    bundle = Path(args.bundle)
     try:
-        keys = read_keys(args.key)
-        held = None
-        if args.checkpoint:
-            try:
-                held = Path(args.checkpoint).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise InputError(f"{args.checkpoint}: cannot read: {e}") from e
+        keys = read_keys(args.key, bundle=bundle)
+        held = read_held_checkpoint(args.checkpoint, bundle=bundle) if args.checkpoint else None
     except InputError as e:
         print(f"verify.py: {e}", file=sys.stderr)
         return EXIT_UNVERIFIABLE
-    report = verify_bundle(Path(args.bundle), keys, held)
+    report = verify_bundle(bundle, keys, held)
     if args.json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) + "\n")
     else:

@@ -28,9 +28,9 @@ from agent.commands import (
     period_options,
 )
 from agent.reports import Period, csv_text, default_tz, parse_bound, parse_tz
-from hashing.errors import EvidockError
+from hashing.errors import EvidockError, InputError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE
-from hashing.note import NoteVerifier
+from hashing.verify import read_key
 
 REPORT_COLUMNS = (
     "request",
@@ -273,10 +273,11 @@ def cmd_recompute(args: argparse.Namespace) -> int:
 
 def _recompute(args: argparse.Namespace) -> int:
     entries = spotcheck.parse_entries(_read(args.entries, "--entries").splitlines())
-    keys = []
-    for value in args.key or ():
-        text = _read(value, "--key").decode() if Path(value).exists() else value
-        keys += [NoteVerifier.parse(line) for line in text.splitlines() if line.strip()]
+    try:
+        # The verifiers' loader: a key text is a key, never a file of that name.
+        keys = [k for value in args.key or () for k in read_key(value)]
+    except InputError as e:
+        raise _UnverifiableError(str(e)) from e
     result = spotcheck.recompute(entries, args.draw, keys)
     if args.json:
         _print_json(

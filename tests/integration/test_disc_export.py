@@ -28,12 +28,12 @@ import pytest
 
 from agent.access import ACCESS
 from agent.cli import main
-from agent.exports import SUMMARY, disc_image, volume_label
+from agent.exports import disc_image, volume_label
 from agent.ingest import Binding, IngestResult, ingest_paths
 from agent.users import Users
 from hashing.entries import EXPORT, parse_time
 from hashing.station import Station
-from hashing.verify import NOTICE
+from hashing.verify import NOTICE, SUMMARY
 from tests.integration._support import MIB, flip_byte
 
 WORDS = "correct horse 42"
@@ -205,6 +205,8 @@ def test_an_iso_image_mounts_read_only_and_verifies_three_ways(
     assert printed is not None, out
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     assert printed.group(1) == digest
+    assert image.stat().st_mode & 0o777 == 0o400
+    assert [p.name for p in dock.tmp.iterdir() if p.name.startswith(".")] == []
     # Two entries: the export (the bundle) and the copy (the image, with its digest).
     assert dock.size() == size + 2
     export_body, copy_body = dock.entry_body(size), dock.entry_body(size + 1)
@@ -337,8 +339,8 @@ def test_a_disclosure_to_a_folder_ready_to_burn(
     assert notice.splitlines()[0].endswith(f"; ledger entry {size}")
     assert f"notice: {notice.splitlines()[0]}" in out
     assert [p.name[:64] for p in (burn / "files").iterdir()] == [dock.shas[1]]
-    for path in burn.rglob("*"):
-        assert path.stat().st_mode & 0o777 == (0o555 if path.is_dir() else 0o444), path
+    for path in [burn, *burn.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o500 if path.is_dir() else 0o400), path
     assert (burn / NOTICE).read_text() == notice
     copy = dock.entry_body(size + 1)
     assert copy["action"] == "disclose" and copy["recipient"] == "Zhang San"
@@ -537,6 +539,48 @@ def test_the_year_end_archive_through_the_command_line(
         capsys, "archive", "--year", "2025", "--out", str(out), *dock.as_user("aud")
     )
     assert code == 2 and "already exists" in err
+
+
+def _image_files(image: Path) -> set[str]:
+    listed = subprocess.run(
+        ["xorriso", "-indev", str(image), "-find", "/", "-type", "f"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line.strip("'") for line in listed.stdout.splitlines()}
+
+
+@pytest.mark.parametrize("name", ["-J", "-o", "--help", "-graft-points"])
+def test_folders_named_like_options_are_imaged(
+    dock: Dock, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """`--out=-J`: xorriso must get the folder as a path, not as an option."""
+    monkeypatch.chdir(dock.tmp)
+    code, _, err = _run(
+        capsys,
+        "export",
+        "--case",
+        CASE,
+        f"--out={name}",
+        "--purpose",
+        "R",
+        f"--iso={name}.iso",
+        *dock.as_user("sup"),
+    )
+    assert code == 0, err
+    bundle = dock.tmp / name
+    expected = {"/" + str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    assert "/manifest.json" in expected
+    assert _image_files(dock.tmp / f"{name}.iso") == expected
+    export_entry = dock.size() - 2  # the export, then the copy onto the image
+    station = Station.open(dock.home)
+    try:
+        when = parse_time(station.ledger.entry(export_entry).time)
+    finally:
+        station.close()
+    disc_image(Path(name), Path(f"{name}-again.iso"), "AGAIN", when)
+    assert _image_files(dock.tmp / f"{name}-again.iso") == expected
 
 
 @pytest.mark.parametrize("command", [["export"], ["disclose"], ["archive"]])

@@ -156,7 +156,7 @@ def independent_sample(raw: bytes, draw_seq: int) -> tuple[int, list[str]]:
 
 
 def test_the_drawn_sample_is_what_anyone_recomputes(
-    dock: Dock, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    dock: Dock, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out, err = dock.run(
         capsys,
@@ -210,6 +210,17 @@ def test_the_drawn_sample_is_what_anyone_recomputes(
         other.close()
     code, _, err = dock.run(capsys, *recompute, "--key", other_key)
     assert code == 1 and "among the keys you trust" in err
+    # A key text is a key: a file planted under the key's very name (it holds '/')
+    # cannot swap in another key for the one the auditor typed.
+    genuine = dock.station.keys.load().verifier.vkey
+    planted = tmp_path / "planted"
+    (planted / genuine).parent.mkdir(parents=True)
+    (planted / genuine).write_text(other_key + "\n")
+    monkeypatch.chdir(planted)
+    code, out, err = dock.run(capsys, *recompute, "--key", genuine, "--json")
+    assert code == 0, err
+    assert json.loads(out)["key_anchored"] is True
+    monkeypatch.chdir(tmp_path)
     # The recorded sample edited: recomputation disagrees.
     lines = raw.split(b"\n")
     outside = next(s for s in dock.shas[OFFICER_A][2:] if s not in sample)

@@ -10,8 +10,10 @@ public key only.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +325,114 @@ def test_symlinked_file(world: World, bundle: Path) -> None:
     path.rename(elsewhere)
     path.symlink_to(elsewhere)
     assert_finding(verify(bundle, world), FILE_MODIFIED, file_path(world, 3), detail="link")
+
+
+def _plant(bundle: Path, world: World, what: str) -> str:
+    """Put something the layout does not have into the bundle; return its place."""
+    recording = bundle / file_path(world, 3)
+    if what == "copy in a new folder":
+        (bundle / "extra").mkdir()
+        shutil.copyfile(recording, bundle / "extra" / "copy.MP4")
+        return "extra/copy.MP4"
+    if what == "second notice":
+        (bundle / "NOTICE-2.txt").write_text("Disclosed to the Court of X\n")
+        return "NOTICE-2.txt"
+    if what == "empty folder":
+        (bundle / "empty").mkdir()
+        return "empty/"
+    if what == "link to a recording":
+        (bundle / "copy.mp4").symlink_to(recording)
+        return "copy.mp4"
+    if what == "named pipe":
+        os.mkfifo(bundle / "pipe")
+        return "pipe"
+    if what == "unlisted chunk file":
+        (bundle / "chunks" / f"{'0' * 64}.json").write_text("{}")
+        return f"chunks/{'0' * 64}.json"
+    if what == "chunk file in a subfolder":
+        sha = world.shas[0]
+        (bundle / "chunks" / "x").mkdir()
+        shutil.copyfile(bundle / "chunks" / f"{sha}.json", bundle / "chunks" / "x" / f"{sha}.json")
+        return f"chunks/x/{sha}.json"
+    if what == "third proof file":
+        (bundle / "proofs" / "more.jsonl").write_text("")
+        return "proofs/more.jsonl"
+    if what == "unlisted verifier module":
+        (bundle / "verifier" / "hashing" / "extra.py").write_text("")
+        return "verifier/hashing/extra.py"
+    if what == "cache of no listed module":
+        cache = bundle / "verifier" / "hashing" / "__pycache__"
+        cache.mkdir()
+        shutil.copyfile(recording, cache / "evil.cpython-311.pyc")
+        return "verifier/hashing/__pycache__/evil.cpython-311.pyc"
+    assert what == "manifest as a link"
+    shutil.move(bundle / "manifest.json", bundle.parent / "manifest.json")
+    (bundle / "manifest.json").symlink_to(bundle.parent / "manifest.json")
+    return "manifest.json"
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "copy in a new folder",
+        "second notice",
+        "empty folder",
+        "link to a recording",
+        "named pipe",
+        "unlisted chunk file",
+        "chunk file in a subfolder",
+        "third proof file",
+        "unlisted verifier module",
+        "cache of no listed module",
+        "manifest as a link",
+    ],
+)
+def test_anything_outside_the_layout_is_reported(world: World, bundle: Path, what: str) -> None:
+    place = _plant(bundle, world, what)
+    report = verify(bundle, world)
+    assert_finding(report, FILE_ADDED, place)
+    assert report.kinds() == {FILE_ADDED}, report.render()
+
+
+def test_a_bundle_from_before_the_carried_verifier_verifies(world: World, bundle: Path) -> None:
+    shutil.rmtree(bundle / "verifier")
+    m = manifest(bundle)
+    del m["verifier"]
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    assert_clean(verify(bundle, world))
+
+
+def test_verifier_files_the_manifest_does_not_list_are_reported(world: World, bundle: Path) -> None:
+    m = manifest(bundle)
+    del m["verifier"]
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    report = verify(bundle, world)
+    assert_finding(report, FILE_ADDED, "verifier/verify.py")
+    assert_finding(report, FILE_ADDED, "verifier/hashing/verify.py")
+
+
+def test_python_caches_of_the_listed_modules_are_tolerated(world: World, bundle: Path) -> None:
+    """Older carried verifiers let Python write __pycache__ into a writable bundle."""
+    cache = bundle / "verifier" / "hashing" / "__pycache__"
+    cache.mkdir()
+    (cache / "verify.cpython-311.pyc").write_bytes(b"cache")
+    (cache / "note.cpython-312.opt-1.pyc").write_bytes(b"cache")
+    assert_clean(verify(bundle, world))
+
+
+def test_the_carried_verifier_leaves_the_bundle_as_it_found_it(bundle: Path, world: World) -> None:
+    before = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    run = subprocess.run(
+        [sys.executable, "verifier/verify.py", ".", "--key", world.key.vkey],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*")) == before
 
 
 # -- the ledger entries ------------------------------------------------------
@@ -662,6 +772,8 @@ def test_cli_unreadable_key_file(
     garbage.write_text("evidock/dock-01+00000000+AAAA\n")
     code, _ = run_cli(capsys, str(bundle), "--key", str(garbage))
     assert code == 3
+    assert main(["verify", str(bundle), "--key", "evidock/dock-01+00000000+AAAA"]) == 3
+    assert "is not a verifier key" in capsys.readouterr().err
 
 
 def test_cli_not_a_bundle(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -671,3 +783,119 @@ def test_cli_not_a_bundle(world: World, tmp_path: Path, capsys: pytest.CaptureFi
     assert result["exit_code"] == 3
     code, _ = run_cli(capsys, str(tmp_path / "nowhere"), "--key", world.key.vkey)
     assert code == 3
+
+
+# -- keys the auditor names -------------------------------------------------------
+
+
+@pytest.fixture
+def forged(world: World, tmp_path: Path) -> tuple[Path, NoteVerifier]:
+    """A bundle of a forger's own dock named like the real one, with a file inside
+    it named exactly like the real station key and holding the forger's key."""
+    home = tmp_path / "forger-home"
+    forger = Station.init(home, "dock-01")
+    try:
+        ingest(forger, make_sources(tmp_path / "src-forged", (4_000, 5_000), seed=21))
+        folder = export_bundle(forger, Selection(all=True), tmp_path / "forged", AUDITOR)
+        forger_key = forger.keys.load().verifier
+    finally:
+        forger.close()
+    assert forger_key.name == world.key.name and forger_key != world.key
+    planted = folder / world.key.vkey  # "evidock/dock-01+…": the name holds '/'
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_text(forger_key.vkey + "\n")
+    return folder, forger_key
+
+
+def _carried_verifier(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python3 verifier/verify.py . …` run inside the bundle, as README.txt says."""
+    return subprocess.run(
+        [sys.executable, "-I", "verifier/verify.py", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_a_key_text_is_never_taken_for_a_file_of_that_name(
+    world: World,
+    forged: tuple[Path, NoteVerifier],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The auditor names the genuine key, from inside the forged bundle: both
+    verifiers check the signature with that key, not with the planted file's."""
+    folder, forger_key = forged
+    # With the forger's key the forgery verifies (but for the planted file itself).
+    assert verify_bundle(folder, [forger_key]).kinds() <= {FILE_ADDED}
+    monkeypatch.chdir(folder)
+    code, result = run_cli(capsys, ".", "--key", world.key.vkey)
+    assert code == 1, result
+    findings = result["findings"]
+    assert isinstance(findings, list)
+    assert {"kind": UNKNOWN_SIGNATURE, "place": "checkpoint.txt"}.items() <= findings[0].items()
+    run = _carried_verifier(folder, ".", "--key", world.key.vkey, "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    carried = json.loads(run.stdout)
+    assert carried["ok"] is False
+    assert any(
+        f["kind"] == UNKNOWN_SIGNATURE and f["place"] == "checkpoint.txt"
+        for f in carried["findings"]
+    ), carried
+
+
+@pytest.mark.parametrize("how", ["relative", "through a link to the bundle", "bundle via a link"])
+def test_a_key_file_inside_the_bundle_is_refused(
+    world: World,
+    forged: tuple[Path, NoteVerifier],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    folder, forger_key = forged
+    (folder / "station.pub").write_text(forger_key.vkey + "\n")
+    link = folder.parent / "link"
+    link.symlink_to(folder)
+    target, key = {
+        "relative": (".", "station.pub"),
+        "through a link to the bundle": (str(folder), str(link / "station.pub")),
+        "bundle via a link": (str(link), str(folder / "station.pub")),
+    }[how]
+    monkeypatch.chdir(folder)
+    code, result = run_cli(capsys, target, "--key", key)
+    assert (code, result) == (3, {})
+    run = _carried_verifier(folder, target, "--key", key)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "inside the bundle being verified" in run.stderr
+    assert run.stdout == ""
+
+
+def test_a_held_checkpoint_inside_the_bundle_is_refused(
+    world: World, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint "held" from the bundle itself proves nothing about rollback."""
+    (bundle / "held.txt").write_text(world.later_note)
+    code, result = run_cli(
+        capsys, str(bundle), "--key", world.key.vkey, "--checkpoint", str(bundle / "held.txt")
+    )
+    assert (code, result) == (3, {})
+    run = _carried_verifier(
+        bundle, ".", "--key", world.key.vkey, "--checkpoint", str(bundle / "held.txt")
+    )
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "checkpoint" in run.stderr and "inside the bundle being verified" in run.stderr
+
+
+def test_cli_says_why_a_key_file_in_the_bundle_is_refused(
+    forged: tuple[Path, NoteVerifier],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder, forger_key = forged
+    (folder / "station.pub").write_text(forger_key.vkey + "\n")
+    monkeypatch.chdir(folder)
+    assert main(["verify", ".", "--key", "station.pub"]) == 3
+    err = capsys.readouterr().err
+    assert "key file station.pub lies inside the bundle being verified" in err
+    assert "keep the key file outside the bundle" in err

@@ -15,12 +15,14 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,7 +30,7 @@ from markupsafe import escape
 
 from agent import records
 from agent.archive import UNCASED, archive, folder_name
-from agent.exports import SUMMARY, export, summary_html, volume_label
+from agent.exports import export, summary_html, volume_label
 from agent.ingest import Binding, IngestResult, ingest_paths
 from agent.roles import PermissionDeniedError
 from agent.users import User, Users
@@ -37,7 +39,15 @@ from hashing.entries import EXPORT, Entry
 from hashing.errors import InputError
 from hashing.findings import FILE_ADDED, FILE_MISSING, FILE_MODIFIED, MALFORMED, Report
 from hashing.station import Station
-from hashing.verify import NOTICE, disclosure_notice, verify_bundle
+from hashing.verify import (
+    NOTICE,
+    README,
+    SUMMARY,
+    disclosure_notice,
+    notice_head,
+    notice_html,
+    verify_bundle,
+)
 
 WORDS = "correct horse 42"
 OFFICER = "100101"
@@ -171,7 +181,7 @@ def test_wrong_roles_are_refused_before_anything_is_written(dock: Dock, who: str
     [
         ("", None, "give a purpose"),
         ("   ", None, "give a purpose"),
-        ("REQ\n1", None, "control character|printable"),
+        ("REQ\n1", None, "control or invisible character"),
         ("x" * 201, None, "200"),
         ("REQ-1", "", "needs --recipient"),
         ("REQ-1", "two\nlines", "printable"),
@@ -323,6 +333,70 @@ def test_an_edited_removed_or_planted_notice_is_caught(dock: Dock) -> None:
     assert [(f.kind, f.place) for f in report.findings] == [(FILE_ADDED, NOTICE)]
 
 
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, path
+    path.write_text(text.replace(old, new))
+
+
+@pytest.mark.parametrize("name", [README, SUMMARY])
+def test_the_notice_shown_in_readme_and_summary_is_checked(dock: Dock, name: str) -> None:
+    """README.txt and summary.html show the notice first: an edited copy there
+    fails the bundle as an edited NOTICE.txt does."""
+    out, _ = _disclose(dock, recipient="Li Ming (party)")
+    assert _verify(dock, out).exit_code == 0
+    edited = _tampered(out, "edited")
+    _edit(edited / name, "Li Ming (party)", "Court of X")
+    report = _verify(dock, edited)
+    assert report.exit_code == 1
+    assert [(f.kind, f.place) for f in report.findings] == [(FILE_MODIFIED, name)]
+    assert "Li Ming (party)" in report.findings[0].detail
+    assert NOTICE in report.findings[0].detail
+
+
+def test_a_notice_added_to_a_plain_exports_readme_or_summary_is_caught(dock: Dock) -> None:
+    out, shas = _disclose(dock)
+    plain = dock.tmp / "plain"
+    export(dock.station, dock.users["auditor"], Selection(sha256=(shas[1],)), plain, "R")
+    assert _verify(dock, plain).exit_code == 0
+    readme = plain / README
+    readme.write_text(notice_head((out / NOTICE).read_text()) + readme.read_text())
+    _edit(plain / SUMMARY, "<body>\n", "<body>\n" + notice_html((out / NOTICE).read_text()))
+    report = _verify(dock, plain)
+    assert [(f.kind, f.place) for f in report.findings] == [
+        (FILE_MODIFIED, README),
+        (FILE_MODIFIED, SUMMARY),
+    ]
+
+
+def test_a_disclosures_readme_removed_is_caught_its_summary_may_be_absent(dock: Dock) -> None:
+    out, _ = _disclose(dock)
+    (out / SUMMARY).unlink()  # as from hashing.bundle alone, or before summaries existed
+    assert _verify(dock, out).exit_code == 0
+    (out / README).unlink()
+    report = _verify(dock, out)
+    assert [(f.kind, f.place) for f in report.findings] == [(FILE_MISSING, README)]
+
+
+@pytest.mark.parametrize("recipient", ["Zhang San <applicant>", HOSTILE, 'O\'Brien & "Partners"'])
+def test_the_notices_markup_is_what_summaries_always_held(recipient: str) -> None:
+    """Pages written before the notice's markup moved to the verifier rendered
+    it with Jinja's escaping; they must compare equal, or they would fail."""
+    notice = f"Disclosed to {recipient} for R by x (y) on 2026-01-01; ledger entry 9\n{recipient}\n"
+    earlier = jinja2.Environment(autoescape=True).from_string(
+        '<div class="notice" id="notice">{% for line in notice %}<p>{{ line }}</p>{% endfor %}</div>'
+    )
+    assert notice_html(notice) == earlier.render(notice=notice.splitlines())
+
+
+def test_readme_and_summary_say_what_counts(dock: Dock) -> None:
+    out, _ = _disclose(dock)
+    readme = " ".join((out / README).read_text().split())
+    summary = " ".join((out / SUMMARY).read_text().split())
+    assert "what counts is the verifier's report" in readme and NOTICE in readme
+    assert "what counts is NOTICE.txt" in summary and "the verifier's report" in summary
+
+
 def test_the_export_entry_lists_exactly_the_bundles_files(dock: Dock) -> None:
     """A recording whose entry is carried (proven) but which the export entry does
     not name cannot be slipped into the bundle with a manifest row."""
@@ -376,12 +450,69 @@ def test_the_summary_names_digests_key_and_escapes_everything(dock: Dock) -> Non
     for sha in shas:
         assert sha in text
     key = _key(dock)
-    assert key.key_id_hex in text and key.vkey in text
+    assert key.key_id_hex in text and key.name in text
     assert str(escape(HOSTILE)) in text and "&lt;b&gt;why&lt;/b&gt;" in text
     assert "<img" not in text and "<b>" not in text and "<script" not in text.lower()
     assert "@media print" in text
     checkpoint = (out / "checkpoint.txt").read_text().splitlines()
     assert checkpoint[2] in text  # the root hash
+
+
+def test_no_page_of_an_export_or_archive_holds_the_station_key(dock: Dock) -> None:
+    """An auditor pastes what a page tells them: a forger's page would tell them the
+    forger's key. The pages name the key and its fingerprint, and use a placeholder."""
+    key = _key(dock)
+    dock.ingest(os.urandom(500), case="C-1")
+    out, _ = _disclose(dock)
+    archived = dock.tmp / "archive"
+    archive(dock.station, dock.users["auditor"], 2025, archived)
+    index = json.loads((archived / "index.json").read_text())
+    assert (index["key_name"], index["key_id"]) == (key.name, key.key_id_hex)
+    pages = [out / README, out / SUMMARY, archived / "index.html", archived / "index.json"]
+    for page in pages:
+        text = page.read_text()
+        b64 = key.vkey.rsplit("+", 1)[1]
+        assert key.vkey not in text and b64 not in text, page
+        if page.suffix != ".json":
+            assert key.key_id_hex in text and key.name in text, page
+            assert "--key 'STATION-VERIFIER-KEY'" in text, page
+            assert "agency publishes" in " ".join(text.split()), page
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)) or ".": stat.S_IMODE(p.lstat().st_mode)
+        for p in [folder, *folder.rglob("*")]
+    }
+
+
+@pytest.fixture
+def open_umask(dock: Dock) -> Iterator[None]:
+    """A process whose umask lets others read (Station.open sets 0077; a caller
+    may change it later): the modes must not depend on it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_bundles_and_archives_are_their_owners_alone(dock: Dock) -> None:
+    dock.ingest(os.urandom(500), case="C-1")
+    out = dock.tmp / "bundle"
+    export(dock.station, dock.users["auditor"], Selection(case="C-1"), out, "R")
+    given = dock.tmp / "given"
+    given.mkdir(mode=0o755)  # an empty folder the user made
+    export_bundle(dock.station, Selection(case="C-1"), given, Request("aud", "auditor", "R"))
+    archived = dock.tmp / "archive"
+    archive(dock.station, dock.users["auditor"], 2025, archived)
+    for folder in (out, given, archived):
+        modes = _modes(folder)
+        assert any(name.startswith(("files/", "C-1-")) for name in modes), modes
+        for name, mode in modes.items():
+            assert mode == (0o700 if (folder / name).is_dir() else 0o600), (folder, name, oct(mode))
+    assert _verify(dock, out).exit_code == 0
 
 
 # -- the year-end archive -----------------------------------------------------------------
