@@ -51,10 +51,9 @@ from hashing._fsutil import pid_alive
 from hashing.audit import audit
 from hashing.errors import ConfigError, EvidockError, InputError, IntegrityError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE, EXIT_USAGE
-from hashing.note import NoteVerifier
 from hashing.proofs_json import consistency_json, inclusion_json
 from hashing.station import DEFAULT_HOME, Station
-from hashing.verify import verify_bundle
+from hashing.verify import read_held_checkpoint, read_keys, verify_bundle
 
 log = logging.getLogger("evidock")
 
@@ -131,9 +130,15 @@ def cmd_ledger_entries(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from agent import retention  # noqa: PLC0415 - the receipt keys, for this command only
+
+    if args.platform_key:
+        keys = retention.parse_platform_keys(args.platform_key, "--platform-key")
+    else:
+        keys = retention.platform_keys_from_config(config.load())
     station = _open(args)
     held = _read_text(args.checkpoint) if args.checkpoint else None
-    report = audit(station, held_note=held, files=not args.no_files)
+    report = audit(station, held_note=held, files=not args.no_files, platform_keys=keys)
     _emit(report.as_dict() if args.json else report.render(), args.json)
     return report.exit_code
 
@@ -179,27 +184,15 @@ class UnverifiableError(EvidockError):
     """Verification cannot start: a key or checkpoint the auditor named is unusable."""
 
 
-def _load_keys(values: Sequence[str]) -> list[NoteVerifier]:
-    keys = []
-    for value in values:
-        text = value
-        if "+" not in value or Path(value).exists():
-            text = _read_text(value)
-        for line in text.splitlines():
-            if line.strip():
-                try:
-                    keys.append(NoteVerifier.parse(line.strip()))
-                except InputError as e:
-                    raise UnverifiableError(f"key {value!r}: {e}") from e
-    if not keys:
-        raise UnverifiableError("no verifier key given")
-    return keys
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    keys = _load_keys(args.key)
-    held = _read_text(args.checkpoint) if args.checkpoint else None
-    report = verify_bundle(Path(args.bundle), keys, held)
+    bundle = Path(args.bundle)
+    try:
+        # The loader the bundled verifier uses: a key text is a key, never a file.
+        keys = read_keys(args.key, bundle=bundle)
+        held = read_held_checkpoint(args.checkpoint, bundle=bundle) if args.checkpoint else None
+    except InputError as e:
+        raise UnverifiableError(str(e)) from e
+    report = verify_bundle(bundle, keys, held)
     _emit(report.as_dict() if args.json else report.render(), args.json)
     return report.exit_code
 
@@ -678,6 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a checkpoint kept from earlier: detects rollback and fork",
     )
     p.add_argument("--no-files", action="store_true", help="skip re-reading stored files")
+    p.add_argument(
+        "--platform-key",
+        action="append",
+        metavar="KEY",
+        help="the platform's receipt verifier key (or a file holding it), which purges are "
+        "judged with; repeatable; default: [upload] platform_key; without one, purges are "
+        "reported as purge_unverified",
+    )
 
     prove = sub.add_parser("prove", help="print RFC 9162 proofs").add_subparsers(
         dest="prove_command", required=True, metavar="KIND"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hashing.errors import ConfigError
+from hashing.retention import MAX_DAYS, MIN_ROUTINE_DAYS
 from hashing.station import DEFAULT_HOME
 
 SYSTEM_CONFIG = Path("/etc/evidock/evidock.toml")
@@ -82,6 +83,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "grace_days": (int, 30),
         "evidence_days": ("table", {}),
         "default_case_type": (str, ""),
+        "require_synced_clock": (bool, True),
     },
     "kiosk": {
         "address": (str, "127.0.0.1"),
@@ -147,8 +149,21 @@ def _case_type_problem(name: str) -> str | None:
     return None
 
 
+def _days(low: int) -> Rule:
+    """A period in days: at least ``low``, at most 100 years (MAX_DAYS)."""
+
+    def rule(value: Any) -> str | None:
+        if value < low:
+            return f"must be at least {low}"
+        if value > MAX_DAYS:
+            return f"must be at most {MAX_DAYS} (100 years)"
+        return None
+
+    return rule
+
+
 def _evidence_days(value: Any) -> str | None:
-    """Case type -> days (a whole number, at least 1) or "permanent"."""
+    """Case type -> days (a whole number, 1 to 100 years) or "permanent"."""
     for name, days in value.items():
         problem = _case_type_problem(name)
         if problem is not None:
@@ -159,6 +174,11 @@ def _evidence_days(value: Any) -> str | None:
             return (
                 f"case type {name!r}: {days!r} is neither a number of days (at least 1) "
                 f'nor "{PERMANENT}"'
+            )
+        if days > MAX_DAYS:
+            return (
+                f"case type {name!r}: {days} days is over 100 years ({MAX_DAYS} days); "
+                f'use "{PERMANENT}" for a case file kept for ever'
             )
     return None
 
@@ -188,7 +208,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("offload", "max_sessions"): _at_least(1),
     ("mqtt", "port"): _port,
     # Art. 16: routine footage is kept at least one year.
-    ("retention", "routine_days"): _at_least(365),
+    ("retention", "routine_days"): _days(MIN_ROUTINE_DAYS),
+    ("retention", "grace_days"): _days(0),
     ("retention", "evidence_days"): _evidence_days,
     ("retention", "default_case_type"): _case_type,
     ("kiosk", "address"): _ip_address,

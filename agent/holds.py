@@ -8,13 +8,16 @@ user, so whoever sets a hold cannot also lift it (agent.roles) and the ledger
 shows who did. A hold on a case covers every recording bound to that case, now
 or later (ingest case or tag). While any hold covers a recording it is never
 purged: the retention rule (hashing.retention) refuses, and the auditor's
-verifier reports a purge under a hold as ``unlawful_purge``.
+verifier reports a purge under a hold as ``unlawful_purge``. A ``hold_release``
+counts only when its user is an admin at that point of the ledger (by the
+``user`` entries, as the rule reads them); any other leaves the hold in force
+and is listed as refused.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +26,7 @@ from agent.records import check_id
 from agent.roles import Actor, require
 from hashing.entries import Entry
 from hashing.errors import InputError
-from hashing.retention import HOLD, HOLD_REASONS, HOLD_RELEASE, PURGE
+from hashing.retention import HOLD, HOLD_REASONS, HOLD_RELEASE, PURGE, USER, Roster
 from hashing.station import Station
 
 NOTE_MAX = 500
@@ -55,6 +58,7 @@ class Hold:
     released_at: str | None = None
     released_by: str | None = None
     release_note: str | None = None
+    refused_releases: tuple[int, ...] = ()  # hold_release entries by someone not an admin
 
     @property
     def active(self) -> bool:
@@ -73,6 +77,7 @@ class Hold:
             "released_at": self.released_at,
             "released_by": self.released_by,
             "release_note": self.release_note,
+            "refused_releases": list(self.refused_releases),
         }
 
 
@@ -80,13 +85,39 @@ def _entries(station: Station, kind: str) -> list[Entry]:
     return list(station.ledger.entries_of_type(kind))
 
 
-def holds(station: Station) -> list[Hold]:
-    """Every hold in ledger order, with its release if any."""
-    releases = {}
-    for entry in _entries(station, HOLD_RELEASE):
+def _releases(entries: Iterable[Entry]) -> tuple[dict[int, Entry], dict[int, list[int]]]:
+    """From ``user`` and ``hold_release`` entries in ledger order: the release that
+    counts for each hold (by an admin at that point), and those that do not."""
+    roster = Roster()
+    accepted: dict[int, Entry] = {}
+    refused: dict[int, list[int]] = {}
+    for entry in entries:
+        if entry.type == USER:
+            roster.observe(entry.body)
+            continue
         seq = entry.body.get("hold")
-        if isinstance(seq, int) and seq not in releases:
-            releases[seq] = entry
+        if not isinstance(seq, int) or seq in accepted:
+            continue
+        if roster.is_admin(entry.body.get("by")):
+            accepted[seq] = entry
+        else:
+            refused.setdefault(seq, []).append(entry.seq)
+    return accepted, refused
+
+
+def _release_entries(conn: sqlite3.Connection) -> list[Entry]:
+    rows = conn.execute(
+        "SELECT data FROM entries WHERE type IN (?, ?) ORDER BY seq", (USER, HOLD_RELEASE)
+    ).fetchall()
+    return [Entry.parse(bytes(data)) for (data,) in rows]
+
+
+def holds(station: Station) -> list[Hold]:
+    """Every hold in ledger order, with the release that counts, if any."""
+    merged = sorted(
+        [*_entries(station, USER), *_entries(station, HOLD_RELEASE)], key=lambda e: e.seq
+    )
+    releases, refused = _releases(merged)
     found = []
     for entry in _entries(station, HOLD):
         body = entry.body
@@ -104,6 +135,7 @@ def holds(station: Station) -> list[Hold]:
                 released_at=None if release is None else release.time,
                 released_by=None if release is None else str(release.body.get("by")),
                 release_note=None if release is None else str(release.body.get("note") or ""),
+                refused_releases=tuple(refused.get(entry.seq, ())),
             )
         )
     return found
@@ -134,12 +166,14 @@ def is_held(station: Station, sha256: str) -> bool:
     return bool(holds_on(station, sha256))
 
 
-def _known_and_not_purged(station: Station, files: Sequence[str]) -> list[str]:
+def _known_and_not_purged(conn: sqlite3.Connection, files: Sequence[str]) -> list[str]:
+    """The digests, sorted, once each; checked inside the hold's write transaction,
+    so a purge cannot slip in between the check and the hold."""
     wanted = sorted(set(files))
     marks = ",".join("?" * len(wanted))
     known = {
         str(r[0])
-        for r in station.ledger.execute(
+        for r in conn.execute(
             f"SELECT sha256 FROM files WHERE sha256 IN ({marks})",  # noqa: S608 - placeholders
             tuple(wanted),
         )
@@ -148,7 +182,7 @@ def _known_and_not_purged(station: Station, files: Sequence[str]) -> list[str]:
     if missing:
         raise InputError(f"not in the ledger: {', '.join(missing)}; check the digests")
     sql = f"SELECT seq, {_SHA} AS sha FROM entries WHERE type = ? AND sha IN ({marks})"  # noqa: S608
-    purged = station.ledger.execute(sql, (PURGE, *wanted))
+    purged = conn.execute(sql, (PURGE, *wanted)).fetchall()
     if purged:
         gone = ", ".join(f"{sha} (entry {seq})" for seq, sha in purged)
         raise InputError(f"already purged from this dock, nothing left to hold: {gone}")
@@ -179,21 +213,21 @@ def add_hold(
         raise InputError("hold either recordings (SHA256 ...) or a case (--case ID), not both")
     if not files and case is None:
         raise InputError("name what to hold: recordings (SHA256 ...) or a case (--case ID)")
-    wanted: list[str] = []
     if case is not None:
         check_id(case, "case")
-    else:
-        wanted = _known_and_not_purged(station, files)
-    body = {"files": wanted, "case": case, "reason": reason, "note": text, "by": user.name}
-    return station.ledger.append(HOLD, body)
+    with station.ledger.transaction() as tx:
+        wanted = [] if case is not None else _known_and_not_purged(tx.conn, files)
+        body = {"files": wanted, "case": case, "reason": reason, "note": text, "by": user.name}
+        return tx.append(HOLD, body)
 
 
 def release_hold(station: Station, user: Actor, hold_seq: int, note: str) -> Entry:
     """Release a hold (Art. 17: by someone other than who may set one: an admin).
 
     Raises PermissionDeniedError unless ``user`` may ``release_hold``, and
-    InputError if ``hold_seq`` is not a hold or is already released. Checked and
-    appended in one write transaction, so two releases cannot both pass.
+    InputError if ``hold_seq`` is not a hold or is already released (by a release
+    that counts: one by an admin). Checked and appended in one write
+    transaction, so two releases cannot both pass.
     """
     require(user, "release_hold")
     text = check_note(note)
@@ -203,12 +237,9 @@ def release_hold(station: Station, user: Actor, hold_seq: int, note: str) -> Ent
             raise InputError(
                 f"entry {hold_seq} is not a hold; see `evidock hold list` for the holds"
             )
-        for (data,) in tx.conn.execute(
-            "SELECT data FROM entries WHERE type = ?", (HOLD_RELEASE,)
-        ).fetchall():
-            value = json.loads(bytes(data))
-            if value["body"].get("hold") == hold_seq:
-                raise InputError(
-                    f"hold {hold_seq} was already released (entry {value['seq']}); nothing to do"
-                )
+        released = _releases(_release_entries(tx.conn))[0].get(hold_seq)
+        if released is not None:
+            raise InputError(
+                f"hold {hold_seq} was already released (entry {released.seq}); nothing to do"
+            )
         return tx.append(HOLD_RELEASE, {"hold": hold_seq, "note": text, "by": user.name})

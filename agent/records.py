@@ -119,6 +119,11 @@ def tag(
     ``case_type`` names the kind of case file (e.g. "penalty"): evidence is kept
     as long as that type's period in [retention] evidence_days (Art. 16). It is
     written into the body only when given, so older tags keep their shape.
+    Act kind ``evidence_preservation`` makes the recordings evidence from the
+    moment they are tagged (Art. 4-5): given retention "routine" (the default),
+    the entry records retention "evidence" (with a reason saying so, if none
+    was given); the retention rule reads such a tag as evidence whatever it
+    records. The kiosk and the command line tag through here.
     Raises InputError for bad ids, kinds, classes or digests not in the ledger.
     """
     _ensure(station)
@@ -129,6 +134,9 @@ def tag(
         raise InputError(f"act kind {kind!r}: choose one of {', '.join(ACT_KINDS)}")
     if retention not in RETENTION_CLASSES:
         raise InputError(f"retention {retention!r}: choose one of {', '.join(RETENTION_CLASSES)}")
+    if kind == "evidence_preservation" and retention == "routine":
+        retention = "evidence"
+        reason = reason or "evidence preservation: evidence from the moment it is tagged (Art. 4-5)"
     if retention != "routine" and not reason:
         raise InputError(f"retention {retention} needs --reason (why it is kept longer)")
     wanted = sorted(set(files))

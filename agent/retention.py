@@ -7,7 +7,11 @@ as a ``retention_policy`` entry whenever it changes, so every purge cites a
 policy that is in the ledger), the store, and the clock.
 
 A purge removes the dock's copy only, and only when the recording is past its
-date, receipted by the platform and under no hold. Its ``purge`` entry is
+date, receipted by the platform (a receipt signed by ``[upload] platform_key``)
+and under no hold, and the platform has attested a time past that date (a
+receipt it dated later: a purge waits for the next upload after its date). The
+dock's own clock must be synchronised (``[retention] require_synced_clock``)
+and not behind the ledger's last entry. Its ``purge`` entry is
 appended and committed *before* the file is unlinked: a crash in between leaves
 a purge entry whose file is still stored, which the audit reports as a note and
 the next run finishes; never a file that is gone without an entry (which the
@@ -21,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +34,9 @@ from typing import Any
 from agent import config
 from hashing._fsutil import fsync_dir
 from hashing.digest import digest_file
-from hashing.entries import HEX64_RE
-from hashing.errors import IntegrityError
+from hashing.entries import HEX64_RE, clock_reading
+from hashing.errors import ConfigError, InputError, IntegrityError
+from hashing.note import NoteVerifier
 from hashing.retention import (
     HOLD,
     HOLD_RELEASE,
@@ -42,9 +47,11 @@ from hashing.retention import (
     TAG,
     TYPES,
     UPLOAD_RECEIPT,
+    USER,
     Judge,
     Policy,
     Standing,
+    parse_when,
     rfc3339,
 )
 from hashing.station import Station
@@ -55,19 +62,24 @@ READ_BATCH = 4096  # entries read per query while loading
 PURGE_BATCH = 256  # purge entries per transaction
 
 # Why a recording is not purged now, first match wins (for counts and listings).
-HELD, UNRECEIPTED, NEVER, NOT_DUE, NOT_STORED = (
+HELD, UNRECEIPTED, NEVER, NOT_DUE, NOT_STORED, AWAITING = (
     "held",
     "not receipted",
     "never purged",
     "not yet due",
     "not in the store",
+    "awaiting a receipt",  # past its date; no platform receipt dated after it yet
 )
+SYNCED = "system/ntp"  # hashing.entries.clock_reading()'s source of a synchronised clock
+RECENT_RECEIPTS = 32  # receipts of other files read for one recording's status
 
 Fetch = Callable[[str, tuple[Any, ...]], Sequence[tuple[Any, ...]]]
+Keys = Sequence[NoteVerifier] | None  # None: [upload] platform_key of the configuration
 
 
 def policy_from_config(cfg: config.Config) -> Policy:
-    """The [retention] section as a Policy ("permanent" becomes None; "" no default)."""
+    """The [retention] section as a Policy ("permanent" becomes None; "" no default),
+    with the station's zone ([offload] utc_offset_minutes)."""
     days: Mapping[str, Any] = cfg.get("retention", "evidence_days")
     default = str(cfg.get("retention", "default_case_type")) or None
     return Policy(
@@ -75,7 +87,41 @@ def policy_from_config(cfg: config.Config) -> Policy:
         grace_days=int(cfg.get("retention", "grace_days")),
         evidence_days={k: None if v == PERMANENT else int(v) for k, v in days.items()},
         default_case_type=default,
+        utc_offset_minutes=int(cfg.get("offload", "utc_offset_minutes")),
     )
+
+
+def parse_platform_keys(values: Iterable[str], where: str) -> tuple[NoteVerifier, ...]:
+    """Platform receipt verifier keys: each value holds keys separated by spaces or
+    commas, or names a file holding them. Raises ConfigError naming ``where``."""
+    keys = []
+    for value in values:
+        text = value
+        if "+" not in value and Path(value).is_file():
+            try:
+                text = Path(value).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{where} {value!r}: cannot read it: {e}") from e
+        for part in text.replace(",", " ").split():
+            try:
+                keys.append(NoteVerifier.parse(part))
+            except InputError as e:
+                raise ConfigError(
+                    f"{where} {part!r}: {e}; give the platform's receipt key as printed by "
+                    "`evidock receive --show-key`"
+                ) from e
+    return tuple(keys)
+
+
+def platform_keys_from_config(cfg: config.Config) -> tuple[NoteVerifier, ...]:
+    """``[upload] platform_key``: the keys the platform signs receipts with."""
+    return parse_platform_keys([str(cfg.get("upload", "platform_key"))], "[upload] platform_key")
+
+
+def _keys(platform_keys: Keys) -> tuple[NoteVerifier, ...]:
+    if platform_keys is not None:
+        return tuple(platform_keys)
+    return platform_keys_from_config(config.load())
 
 
 # -- reading the ledger ------------------------------------------------------------
@@ -85,6 +131,10 @@ _SELECT = (
     f"SELECT seq, type, data FROM entries WHERE seq >= ? AND type IN ({_MARKS})"  # noqa: S608
     " ORDER BY seq LIMIT ?"
 )
+
+
+def _judge(station: Station, platform_keys: Keys) -> Judge:
+    return Judge(_keys(platform_keys), station.station_id)
 
 
 def _feed(judge: Judge, fetch: Fetch, size: int) -> Judge:
@@ -102,26 +152,43 @@ def _feed(judge: Judge, fetch: Fetch, size: int) -> Judge:
     return judge
 
 
-def load(station: Station) -> Judge:
-    """Every recording's standing from one ordered read of the relevant entries."""
-    return _feed(Judge(), station.ledger.execute, station.ledger.size())
+def load(station: Station, platform_keys: Keys = None) -> Judge:
+    """Every recording's standing from one ordered read of the relevant entries.
+    ``platform_keys``: the receipt keys (None: the configured ones)."""
+    return _feed(_judge(station, platform_keys), station.ledger.execute, station.ledger.size())
 
 
-def load_one(station: Station, sha256: str) -> Judge:
+def load_one(station: Station, sha256: str, platform_keys: Keys = None) -> Judge:
     """The standing of one recording without reading every recording's entries:
-    policies, holds, releases and tags (case types and case bindings), and the
-    ingest, receipts and purges that name this digest."""
+    policies, holds, releases, users and tags (case types and case bindings);
+    the ingest, receipts and purges that name this digest; the receipts its
+    purges name as their attestation; and the newest receipts (the platform's
+    time now)."""
     size = station.ledger.size()
     rows = station.ledger.execute(
-        "SELECT seq, type, data FROM entries WHERE type IN (?, ?, ?, ?)"
+        "SELECT seq, type, data FROM entries WHERE type IN (?, ?, ?, ?, ?)"
         " OR (type IN (?, ?, ?) AND json_extract(CAST(data AS TEXT), '$.body.sha256') = ?)"
         " ORDER BY seq",
-        (RETENTION_POLICY, HOLD, HOLD_RELEASE, TAG, INGEST, UPLOAD_RECEIPT, PURGE, sha256),
+        (RETENTION_POLICY, HOLD, HOLD_RELEASE, TAG, USER, INGEST, UPLOAD_RECEIPT, PURGE, sha256),
     )
-    judge = Judge()
-    for seq, kind, data in rows:
+    wanted = {
+        json.loads(bytes(data))["body"].get("attested_by")
+        for _, kind, data in rows
+        if kind == PURGE
+    }
+    extra = station.ledger.execute(
+        "SELECT seq, type, data FROM entries WHERE type = ? ORDER BY seq DESC LIMIT ?",
+        (UPLOAD_RECEIPT, RECENT_RECEIPTS),
+    )
+    for seq in sorted(s for s in wanted if isinstance(s, int) and not isinstance(s, bool)):
+        extra += station.ledger.execute(
+            "SELECT seq, type, data FROM entries WHERE seq = ? AND type = ?", (seq, UPLOAD_RECEIPT)
+        )
+    merged = {int(seq): (int(seq), kind, data) for seq, kind, data in [*rows, *extra]}
+    judge = _judge(station, platform_keys)
+    for seq, kind, data in (merged[s] for s in sorted(merged)):
         value = json.loads(bytes(data))
-        judge.observe(int(seq), str(kind), str(value["time"]), value["body"])
+        judge.observe(seq, str(kind), str(value["time"]), value["body"])
     judge.size = max(judge.size, size)
     return judge
 
@@ -138,7 +205,8 @@ class RecordingStatus:
     size: int
     klass: str
     cases: tuple[str, ...]
-    recorded_at: datetime
+    recorded_at: datetime  # the recording date its ingest states (the camera's clock)
+    counted_from: datetime  # the later of that and its docking: the periods count from here
     keep_until: datetime | None  # None: never purged (long-term, permanent case type)
     purge_after: datetime | None  # keep_until + grace: the earliest purge
     why: str  # what sets keep_until
@@ -164,6 +232,7 @@ class RecordingStatus:
             "class": self.klass,
             "cases": list(self.cases),
             "recorded_at": rfc3339(self.recorded_at),
+            "counted_from": rfc3339(self.counted_from),
             "keep_until": when(self.keep_until),
             "purge_after": when(self.purge_after),
             "why": self.why,
@@ -207,8 +276,10 @@ def _status(
         state = NEVER
     elif not stored:
         state = NOT_STORED
-    elif blockers:
+    elif policy.problems() or now < dates.purge_after:
         state = NOT_DUE
+    elif blockers:
+        state = AWAITING
     else:
         state = "due"
     return RecordingStatus(
@@ -216,7 +287,8 @@ def _status(
         size=standing.size,
         klass=standing.klass,
         cases=standing.cases,
-        recorded_at=standing.start,
+        recorded_at=standing.recorded,
+        counted_from=standing.start,
         keep_until=dates.keep_until,
         purge_after=dates.purge_after,
         why=dates.why,
@@ -230,9 +302,12 @@ def _status(
     )
 
 
-def status(station: Station, sha256: str, policy: Policy, now: datetime) -> RecordingStatus | None:
-    """One recording's class, dates, holds, receipt and purge; None if not ingested."""
-    judge = load_one(station, sha256)
+def status(
+    station: Station, sha256: str, policy: Policy, now: datetime, platform_keys: Keys = None
+) -> RecordingStatus | None:
+    """One recording's class, dates, holds, receipt and purge; None if not ingested.
+    ``platform_keys``: the receipt keys (None: the configured ones)."""
+    judge = load_one(station, sha256, platform_keys)
     standing = judge.standing(sha256)
     return None if standing is None else _status(station, judge, standing, policy, now)
 
@@ -304,9 +379,10 @@ def _plan(station: Station, judge: Judge, policy: Policy, now: datetime) -> Plan
     )
 
 
-def plan(station: Station, policy: Policy, now: datetime) -> Plan:
-    """What is due at ``now`` under ``policy``, and what is blocked and why."""
-    return _plan(station, load(station), policy, now)
+def plan(station: Station, policy: Policy, now: datetime, platform_keys: Keys = None) -> Plan:
+    """What is due at ``now`` under ``policy``, and what is blocked and why.
+    ``platform_keys``: the receipt keys (None: the configured ones)."""
+    return _plan(station, load(station, platform_keys), policy, now)
 
 
 # -- the run -------------------------------------------------------------------------
@@ -322,6 +398,8 @@ class RunResult:
     mismatched: tuple[tuple[str, str], ...] = ()  # (digest, detail): left alone
     errors: tuple[tuple[str, str], ...] = ()  # (digest, detail)
     skipped: tuple[tuple[str, str], ...] = ()  # no longer due when re-judged
+    kept: tuple[tuple[str, str], ...] = ()  # unfinished purges a hold set since keeps
+    refused: str | None = None  # why the rule refused a batch (nothing after it was done)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -332,6 +410,8 @@ class RunResult:
             "mismatched": [{"sha256": s, "detail": d} for s, d in self.mismatched],
             "errors": [{"sha256": s, "detail": d} for s, d in self.errors],
             "skipped": [{"sha256": s, "detail": d} for s, d in self.skipped],
+            "kept": [{"sha256": s, "detail": d} for s, d in self.kept],
+            "refused": self.refused,
             "plan": self.plan.as_dict(),
         }
 
@@ -354,24 +434,59 @@ def ensure_policy(station: Station, judge: Judge, policy: Policy, by: str) -> in
     return entry.seq
 
 
+def check_clock(station: Station, *, require_synced: bool) -> datetime:
+    """The clock's time, if a purge may be dated by it. Raises ConfigError when it is
+    not synchronised (unless ``require_synced`` is false) or reads earlier than the
+    ledger's last entry (it went back, or was ahead when that entry was written)."""
+    text, source = clock_reading()
+    now = parse_when(text)
+    assert now is not None  # noqa: S101 - clock_reading() gives RFC 3339
+    if require_synced and source != SYNCED:
+        raise ConfigError(
+            f"the clock is not synchronised (clock source {source}): purges are dated by it, "
+            "so nothing is purged; synchronise it (e.g. `timedatectl set-ntp true`) and run "
+            "`evidock retention run` again, or set [retention] require_synced_clock = false "
+            "where the platform's receipts are the only time source"
+        )
+    size = station.ledger.size()
+    if size:
+        last = station.ledger.entry(size - 1)
+        when = parse_when(last.time)
+        if when is not None and now < when:
+            raise ConfigError(
+                f"the clock reads {rfc3339(now)}, earlier than the ledger's last entry "
+                f"{last.seq} ({last.time}): the clock went back, or was ahead when that entry "
+                "was written; nothing is purged; set the clock right and run "
+                "`evidock retention run` once it is past that time"
+            )
+    return now
+
+
 def _remove(path: Path) -> None:
     """Unlink a stored file (0400 in a 0700 folder: the folder's write bit decides)."""
     path.unlink(missing_ok=True)
 
 
-def _unlink_all(station: Station, shas: Sequence[str]) -> list[tuple[str, str]]:
-    """Remove the stored files and make the removals durable; (digest, error) for any
-    that could not be removed (their purge entries stand; the next run retries)."""
+def _unlink_all(station: Station, purges: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
+    """Remove the stored files of ``purges`` ((digest, purge entry)) and make the
+    removals durable; (digest, error) for any that could not be removed (their
+    purge entries stand; the next run retries)."""
     errors = []
     folders: set[Path] = set()
-    for sha in shas:
+    for sha, seq in purges:
         path = station.store.path_for(sha)
         try:
             _remove(path)
             folders.add(path.parent)
         except OSError as e:
             log.error("purge of %s: could not remove %s: %s; the next run retries", sha, path, e)
-            errors.append((sha, f"could not remove {path}: {e.strerror or e}"))
+            errors.append(
+                (
+                    sha,
+                    f"could not remove {path}: {e.strerror or e}; purge entry {seq} written; "
+                    "file still stored, retried next run",
+                )
+            )
     for folder in sorted(folders):
         try:
             fsync_dir(folder)
@@ -383,15 +498,18 @@ def _unlink_all(station: Station, shas: Sequence[str]) -> list[tuple[str, str]]:
 def _purge_body(standing: Standing, policy: Policy, policy_seq: int, by: str) -> dict[str, Any]:
     dates = standing.dates(policy)
     assert dates.keep_until is not None and dates.purge_after is not None  # noqa: S101 - due
+    assert standing.attested is not None  # noqa: S101 - due: attested past purge_after
     return {
         "sha256": standing.sha256,
         "size": standing.size,
         "class": standing.klass,
         "cases": list(standing.cases),
-        "recorded_at": rfc3339(standing.start),
+        "recorded_at": rfc3339(standing.recorded),
+        "counted_from": rfc3339(standing.start),
         "keep_until": rfc3339(dates.keep_until),
         "purge_after": rfc3339(dates.purge_after),
         "receipt": standing.receipt,
+        "attested_by": standing.attested.receipt,
         "policy": policy_seq,
         "by": by,
     }
@@ -402,32 +520,63 @@ def run(
     policy: Policy,
     *,
     by: str,
+    platform_keys: Keys = None,
+    require_synced_clock: bool = True,
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> RunResult:
     """Purge every local copy that is due; finish purges a crash interrupted.
 
-    ``now`` is the moment the plan is made for (default: the clock). Each purge
+    ``now`` is the moment the plan is made for (default: the clock);
+    ``platform_keys`` the receipt keys (None: the configured ones). Each purge
     is judged again inside its write transaction, at the clock's time, against
     the whole ledger up to it (a hold or tag added meanwhile counts), and the
     appended entry must pass the auditor's rule or the transaction is rolled
-    back (UnlawfulPurgeError). A dry run writes nothing at all.
+    back (the result's ``refused``; batches committed before stand). A dry run
+    writes nothing at all. Raises ConfigError, before writing anything, without
+    a platform key or when the clock cannot date a purge (check_clock).
     """
-    judge = load(station)
+    keys = _keys(platform_keys)
+    if not dry_run:
+        if not keys:
+            raise ConfigError(
+                "no [upload] platform_key is configured: the platform's receipts cannot be "
+                "verified, so nothing is purged; set it to the key `evidock receive "
+                "--show-key` prints on the platform"
+            )
+        clock = check_clock(station, require_synced=require_synced_clock)
+        now = now or clock
+    judge = load(station, keys)
     the_plan = _plan(station, judge, policy, now or datetime.now(UTC))
     if dry_run:
         return RunResult(the_plan, True, the_plan.policy_seq)
-    policy_seq = ensure_policy(station, judge, policy, by)
-    finished = [s.sha256 for s in the_plan.unfinished]
-    errors = _unlink_all(station, finished)
+    policy_seq = ensure_policy(station, judge, policy, by)  # reads the ledger up to now
+    finishing: list[tuple[str, int]] = []
+    kept: list[tuple[str, str]] = []
+    for item in the_plan.unfinished:
+        assert item.purged is not None  # noqa: S101 - unfinished: its purge entry exists
+        standing = judge.standing(item.sha256)
+        holds = standing.holds if standing is not None else ()
+        if holds:
+            detail = (
+                f"purge entry {item.purged} written, but hold {', '.join(map(str, holds))} "
+                "set since covers it: the file is kept; the next run after the hold's release "
+                "finishes the purge"
+            )
+            log.warning("not finishing the purge of %s: %s", item.sha256, detail)
+            kept.append((item.sha256, detail))
+        else:
+            finishing.append((item.sha256, item.purged))
+    errors = _unlink_all(station, finishing)
     failed = {sha for sha, _ in errors}
-    finished = [sha for sha in finished if sha not in failed]
+    finished = [sha for sha, _ in finishing if sha not in failed]
     for sha in finished:
         log.warning("finished the interrupted purge of %s", sha)
 
     purged: list[tuple[str, int]] = []
     mismatched: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
+    refused = None
     due = list(the_plan.due)
     for start in range(0, len(due), PURGE_BATCH):
         batch = []
@@ -438,9 +587,14 @@ def run(
             else:
                 log.error("not purged: %s", problem)
                 mismatched.append((item.sha256, problem))
-        done = _purge_batch(station, judge, policy, policy_seq, batch, by, skipped)
+        try:
+            done = _purge_batch(station, judge, policy, policy_seq, batch, by, skipped)
+        except UnlawfulPurgeError as e:
+            log.error("%s", e)
+            refused = str(e)
+            break
         purged += done
-        errors += _unlink_all(station, [sha for sha, _ in done])
+        errors += _unlink_all(station, done)
     if purged:
         log.warning(
             "purged %d local copies (purge entries %d-%d)", len(purged), purged[0][1], purged[-1][1]
@@ -454,6 +608,8 @@ def run(
         tuple(mismatched),
         tuple(errors),
         tuple(skipped),
+        tuple(kept),
+        refused,
     )
 
 
@@ -504,7 +660,8 @@ def _purge_batch(
                 reasons = "; ".join(verdict.reasons) if verdict else "not judged"
                 raise UnlawfulPurgeError(
                     f"purge of {sha} refused by the retention rule ({reasons}); nothing was "
-                    "written for this batch; check the clock and run `evidock retention run` again"
+                    "written for its batch (batches before it stand); check the clock and run "
+                    "`evidock retention run` again"
                 )
             done.append((sha, entry.seq))
     for sha, seq in done:
@@ -540,11 +697,16 @@ class Forecast:
 
 
 def report(
-    station: Station, policy: Policy, now: datetime, until: datetime | None = None
+    station: Station,
+    policy: Policy,
+    now: datetime,
+    until: datetime | None = None,
+    platform_keys: Keys = None,
 ) -> Forecast:
     """Every recording not yet purged whose earliest purge date is at or before
-    ``until`` (all of them when None), soonest first; counts of the rest."""
-    judge = load(station)
+    ``until`` (all of them when None), soonest first; counts of the rest.
+    ``platform_keys``: the receipt keys (None: the configured ones)."""
+    judge = load(station, platform_keys)
     dated: list[RecordingStatus] = []
     later = held = purged = 0
     never: dict[str, int] = {}

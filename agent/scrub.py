@@ -9,12 +9,16 @@ and found is itself tamper-evident; every failure is logged at ERROR (journald
 priority 3) naming the file and the finding, and the command exits 1, which
 fails the systemd unit. A scrub never repairs, moves or deletes anything:
 a damaged copy is evidence, and the platform holds the receipted original.
-Recordings purged lawfully are not failures.
+Recordings purged lawfully are not failures, nor are those a retention run
+purges while the scrub reads the store (the audit judges the purge entries
+written since its snapshot). Purges are judged with the platform's receipt
+keys (``[upload] platform_key``, passed by `evidock scrub`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +34,7 @@ from hashing.findings import (
     WARNINGS,
     Finding,
 )
+from hashing.note import NoteVerifier
 from hashing.retention import rfc3339
 from hashing.station import Station
 
@@ -71,14 +76,15 @@ def _stored(station: Station) -> tuple[int, int]:
     return files, size
 
 
-def scrub(station: Station, *, by: str) -> ScrubResult:
+def scrub(station: Station, *, by: str, platform_keys: Sequence[NoteVerifier] = ()) -> ScrubResult:
     """Re-check the store and the ledger; append the ``scrub`` entry; log failures.
+    ``platform_keys``: the platform's receipt keys, which purges are judged with.
 
     Never raises for what it finds (that is the result); OSError only if the
     ledger itself cannot be written.
     """
     started = datetime.now(UTC)
-    report = audit(station)
+    report = audit(station, platform_keys=platform_keys)
     files, size = _stored(station)
     finished = datetime.now(UTC)
     failures = [

@@ -12,7 +12,12 @@ matches the digest its entry records.
 A recording that is gone from the store is lawfully purged only if a ``purge``
 entry the retention rule allows (hashing.retention, judged against the entries
 before it) records it; gone with an unlawful one is ``unlawful_purge``; gone
-with none is ``file_missing`` (Art. 20 (2): deletion is detectable).
+with none is ``file_missing`` (Art. 20 (2): deletion is detectable). The rule
+trusts a receipt only when the platform's key signed it: without
+``platform_keys`` a purge that passes every other check is reported as
+``purge_unverified`` (a warning), never as lawful. A file that goes while the
+audit runs (a retention run beside it) is judged by the purge entries written
+since the snapshot, in the live ledger.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from hashing.findings import (
     FILE_MODIFIED,
     FORK,
     MALFORMED,
+    PURGE_UNVERIFIED,
     ROLLBACK,
     TREE_ALTERED,
     UNLAWFUL_PURGE,
@@ -48,7 +54,6 @@ from hashing.findings import (
 from hashing.keys import KeyHistory
 from hashing.merkle import CompactRange, leaf_hash, root_of
 from hashing.note import NoteVerifier, parse_note
-from hashing.retention import TYPES as RETENTION_TYPES
 from hashing.retention import Judge, Verdict
 from hashing.station import Station
 from hashing.verify import check_signed_checkpoint, open_held_checkpoint
@@ -65,9 +70,18 @@ def _scan(conn: sqlite3.Connection, sql: str) -> Iterator[Any]:
         yield from rows
 
 
-def audit(station: Station, *, held_note: str | None = None, files: bool = True) -> Report:
-    """Audit a station's ledger, tree, checkpoints and store. Reports; never raises for content."""
+def audit(
+    station: Station,
+    *,
+    held_note: str | None = None,
+    files: bool = True,
+    platform_keys: Sequence[NoteVerifier] = (),
+) -> Report:
+    """Audit a station's ledger, tree, checkpoints and store. Reports; never raises for content.
+
+    ``platform_keys``: the platform's receipt keys, which purges are judged with."""
     report = Report(str(station.home))
+    judge = Judge(platform_keys, station.station_id)
     signed = _signer_state(report, station)
     # The tree sizes whose roots the walk must recompute besides the stored
     # checkpoints': the signer's last and the held checkpoint's (unverified
@@ -86,7 +100,7 @@ def audit(station: Station, *, held_note: str | None = None, files: bool = True)
         # One read transaction: a consistent snapshot while the daemon appends.
         conn.execute("BEGIN")
         checkpoints = _stored_checkpoints(conn)
-        key_entries, ingests, size, roots, judge = _walk(report, station, conn, checkpoints, sizes)
+        key_entries, ingests, size, roots = _walk(report, station, conn, checkpoints, sizes, judge)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -124,29 +138,52 @@ def audit(station: Station, *, held_note: str | None = None, files: bool = True)
         _check_held(report, station, held_note, anchors, history, size, roots)
     purges = _judge_purges(report, station, judge, files=files)
     if files:
-        _check_store(report, station, ingests, size, purges)
+        _check_store(report, station, ingests, size, purges, judge)
     return report
 
 
 def _judge_purges(
     report: Report, station: Station, judge: Judge, *, files: bool
 ) -> dict[str, Verdict]:
-    """Report every unlawful ``purge`` entry; return the first verdict per digest."""
+    """Report every unlawful ``purge`` entry, and those that could not be judged for
+    want of a platform key; return the first verdict per digest."""
     purges: dict[str, Verdict] = {}
+    unverified: list[int] = []
     for verdict in judge.verdicts.values():
         purges.setdefault(verdict.sha256, verdict)
         if verdict.lawful:
             continue
-        place = f"entry {verdict.seq}"
-        with contextlib.suppress(InputError):
-            place = f"{station.store.path_for(verdict.sha256)} (purge entry {verdict.seq})"
-        still = ""
-        if files and verdict.sha256 in judge and station.store.has(verdict.sha256):
-            still = "; the file is still in the store and `evidock retention run` leaves it"
-        report.add(UNLAWFUL_PURGE, place, "; ".join(verdict.reasons) + still)
+        if verdict.unverified:
+            unverified.append(verdict.seq)
+            continue
+        _report_unlawful(report, station, judge, verdict, files=files)
+    if unverified:
+        report.add(PURGE_UNVERIFIED, "purge entries", _unverified_detail(unverified))
     if judge.verdicts:
         report.checked["purge entries"] = len(judge.verdicts)
     return purges
+
+
+def _report_unlawful(
+    report: Report, station: Station, judge: Judge, verdict: Verdict, *, files: bool
+) -> None:
+    place = f"entry {verdict.seq}"
+    with contextlib.suppress(InputError):
+        place = f"{station.store.path_for(verdict.sha256)} (purge entry {verdict.seq})"
+    still = ""
+    if files and verdict.sha256 in judge and station.store.has(verdict.sha256):
+        still = "; the file is still in the store and `evidock retention run` leaves it"
+    report.add(UNLAWFUL_PURGE, place, "; ".join(verdict.reasons) + still)
+
+
+def _unverified_detail(seqs: list[int]) -> str:
+    shown = ", ".join(str(s) for s in seqs[:10]) + (", ..." if len(seqs) > 10 else "")
+    return (
+        f"{len(seqs)} purge entr{'y' if len(seqs) == 1 else 'ies'} ({shown}) pass every other "
+        "check, but the platform receipts they rest on were not verified: no platform key was "
+        "given, so they cannot be called lawful; run `evidock ledger verify --platform-key KEY` "
+        "with the platform's receipt key (on the dock: [upload] platform_key)"
+    )
 
 
 def _check_held(
@@ -206,11 +243,12 @@ def _walk(
     conn: sqlite3.Connection,
     checkpoints: list[tuple[int, str]],
     sizes: set[int],
-) -> tuple[list[Entry], dict[str, Entry], int, dict[int, bytes], Judge]:
+    judge: Judge,
+) -> tuple[list[Entry], dict[str, Entry], int, dict[int, bytes]]:
     """Entries and tree in one pass. Returns key entries, ingest entries by digest,
-    the ledger size, the recomputed root at every checkpointed size, at each
-    of ``sizes`` and at the ledger's size, and the retention rule's judge (every
-    purge entry judged against the entries before it)."""
+    the ledger size, and the recomputed root at every checkpointed size, at each
+    of ``sizes`` and at the ledger's size; ``judge`` (the retention rule) reads
+    every entry, so every purge entry is judged against the entries before it."""
     wanted = {s for s, _ in checkpoints} | sizes
     roots: dict[int, bytes] = {}
     if 0 in wanted:
@@ -220,7 +258,6 @@ def _walk(
     pending_node = next(nodes, None)
     key_entries: list[Entry] = []
     ingests: dict[str, Entry] = {}
-    judge = Judge()
     prev_digest: str | None = None
     prev_time: datetime | None = None
     expected = 0
@@ -252,8 +289,7 @@ def _walk(
                 key_entries.append(entry)
             elif entry.type == INGEST and isinstance(entry.body.get("sha256"), str):
                 ingests[str(entry.body["sha256"])] = entry
-            if entry.type in RETENTION_TYPES:
-                judge.observe(entry.seq, entry.type, entry.time, entry.body)
+            judge.observe(entry.seq, entry.type, entry.time, entry.body)
         prev_digest = entry.digest if entry is not None else None
         # Recompute the tree over the leaves in the stored order of positions.
         while tree.size < seq:  # a gap: the deleted leaves' hashes are unknown
@@ -281,7 +317,7 @@ def _walk(
             roots[tree.size] = tree.root()
     roots[tree.size] = tree.root()
     report.checked["entries"] = expected
-    return key_entries, ingests, expected, roots, judge
+    return key_entries, ingests, expected, roots
 
 
 def _signer_state(report: Report, station: Station) -> tuple[int, bytes] | None:
@@ -327,29 +363,53 @@ def _check_store(
     ingests: dict[str, Entry],
     size: int,
     purges: dict[str, Verdict],
+    judge: Judge,
 ) -> None:
     chunk_rows = {
         str(sha): (int(cs), bytes(blob))
         for sha, cs, blob in station.ledger.execute("SELECT sha256, chunk_size, chunks FROM files")
     }
-    intact = purged = unfinished = 0
+    counts = {"intact": 0, "purged": 0, "unverified": 0, "unfinished": 0}
+    late: dict[str, Verdict] | None = None  # purges written since the snapshot, judged on demand
+
+    def gone(sha: str, entry: Entry, verdict: Verdict | None) -> None:
+        nonlocal late
+        if verdict is None:
+            # A retention run may have purged it since the snapshot: judge the
+            # purge entries written since, continuing the same judge.
+            if late is None:
+                late = _judged_since(station, judge, size)
+            verdict = late.get(sha)
+            if verdict is not None and not verdict.lawful and not verdict.unverified:
+                _report_unlawful(report, station, judge, verdict, files=True)
+            elif verdict is not None and verdict.unverified:
+                report.add(PURGE_UNVERIFIED, "purge entries", _unverified_detail([verdict.seq]))
+        if verdict is None:
+            path = station.store.path_for(sha)
+            report.add(FILE_MISSING, str(path), f"recording of entry {entry.seq} is gone")
+        elif verdict.lawful:
+            counts["purged"] += 1
+        elif verdict.unverified:
+            counts["unverified"] += 1
+        # else: reported as an unlawful purge
+
     for sha, entry in ingests.items():
         path = station.store.path_for(sha)
         verdict = purges.get(sha)
         if not path.is_file():
-            if verdict is None:
-                report.add(FILE_MISSING, str(path), f"recording of entry {entry.seq} is gone")
-            elif verdict.lawful:
-                purged += 1
-            # else: already reported as an unlawful purge
+            gone(sha, entry, verdict)
+            continue
+        try:
+            got = digest_file(path, drop_cache=True)
+        except FileNotFoundError:  # removed between the two looks
+            gone(sha, entry, verdict)
             continue
         if verdict is not None and verdict.lawful:
             # A crash between the purge entry and the unlink (agent.retention
             # appends first): not a failure; the next retention run finishes it.
-            unfinished += 1
-        got = digest_file(path, drop_cache=True)
+            counts["unfinished"] += 1
         if got.sha256_hex == sha and got.size == entry.body.get("size"):
-            intact += 1
+            counts["intact"] += 1
             continue
         detail = f"SHA-256 now {got.sha256_hex}, {got.size} bytes; entry {entry.seq} records {sha}"
         row = chunk_rows.get(sha)
@@ -370,14 +430,37 @@ def _check_store(
         report.add(FILE_MODIFIED, str(path), detail)
     for sha in sorted(_uncovered(station, set(station.store.stored()) - set(ingests), size)):
         report.add(FILE_ADDED, str(station.store.path_for(sha)), "no ingest entry covers this file")
-    report.checked["files intact"] = f"{intact} of {len(ingests) - purged}"
+    purged, unverified = counts["purged"], counts["unverified"]
+    report.checked["files intact"] = f"{counts['intact']} of {len(ingests) - purged - unverified}"
     if purged:
         report.checked["files purged lawfully"] = purged
-    if unfinished:
+    if unverified:
+        report.checked["files purged, receipts not verified"] = unverified
+    if counts["unfinished"]:
         report.checked["purges not yet finished"] = (
-            f"{unfinished} (purge entry written, file still stored; "
+            f"{counts['unfinished']} (purge entry written, file still stored; "
             "the next `evidock retention run` removes it)"
         )
+
+
+def _judged_since(station: Station, judge: Judge, size: int) -> dict[str, Verdict]:
+    """The first verdict per digest on the purge entries at ``size`` or later in the
+    live ledger, ``judge`` (which read the snapshot's entries) reading on."""
+    before = set(judge.verdicts)
+    for (data,) in station.ledger.execute(
+        "SELECT data FROM entries WHERE seq >= ? ORDER BY seq", (size,)
+    ):
+        try:
+            entry = Entry.parse(_blob(data))
+        except InputError:
+            continue
+        if entry.seq >= judge.size:
+            judge.observe(entry.seq, entry.type, entry.time, entry.body)
+    found: dict[str, Verdict] = {}
+    for seq in sorted(set(judge.verdicts) - before):
+        verdict = judge.verdicts[seq]
+        found.setdefault(verdict.sha256, verdict)
+    return found
 
 
 def _uncovered(station: Station, candidates: set[str], size: int) -> set[str]:

@@ -24,8 +24,10 @@ FORK = "fork"  # inconsistent with a checkpoint already held
 MALFORMED = "malformed"  # a bundle or ledger part does not parse
 UNLAWFUL_PURGE = "unlawful_purge"  # a purge entry the retention rule (Art. 16-17) does not allow
 CLOCK_REGRESSION = "clock_regression"  # warning: an entry is dated before the one before it
+# warning: purges that pass every check but the platform receipts' signatures (no key given)
+PURGE_UNVERIFIED = "purge_unverified"
 
-WARNINGS = frozenset({CLOCK_REGRESSION})
+WARNINGS = frozenset({CLOCK_REGRESSION, PURGE_UNVERIFIED})
 
 EXIT_OK, EXIT_INTEGRITY, EXIT_USAGE, EXIT_UNVERIFIABLE = 0, 1, 2, 3
 

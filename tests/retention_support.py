@@ -1,28 +1,40 @@
 """Real stations with old recordings, platform receipts and users, for the
 retention, hold and scrub tests.
 
-Recordings are made old the way a recorder makes them: the source file's
-modification time (what `evidock ingest` records as the recording date) is set
-in the past, so no test waits a year and no clock is faked.
+Retention periods count from the later of the recording date and the day the
+recording reached the dock (its ingest entry's time). A recording is made old
+the way a dock that has been running for a while holds it: the source file's
+modification time (the recording date `evidock ingest` records) is set in the
+past, and its ingest entry is dated the day it was docked, by building the
+entry with that time (hashing.entries.build_entry) and appending it with its
+index rows exactly as agent.ingest.commit does; the file is copied into the
+real store. No test waits a year and no clock is faked. Such a ledger's later
+entries are dated now, after its old ingests, as on a real dock; an ingest
+dated in the past *after* entries dated now is a clock regression the audit
+warns about, so tests ingest before they receipt, hold or purge.
 
 Receipts: the real path (uploader.sender.Sender._on_receipt) needs a broker.
 ``receipt`` makes the same thing without one: a receipt signed by a platform
 key exactly as the receiver signs it (uploader.protocol.Receipt), recorded as
 an ``upload_receipt`` entry with exactly the body Sender._on_receipt appends.
+``PLATFORM_KEYS`` are the keys a dock pins as ``[upload] platform_key``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.ingest import Binding, IngestResult, ingest_paths
+from agent.copier import open_source
+from agent.ingest import Binding, Source, copy_to_staging, raw_path_fields
 from agent.users import User, Users
-from hashing.entries import Entry
+from hashing.entries import INGEST, Entry, build_entry, clock_reading
 from hashing.note import NoteSigner, open_note
+from hashing.retention import rfc3339
 from hashing.station import Station
 from uploader.outbox import UPLOAD_RECEIPT
 from uploader.protocol import Receipt
@@ -30,6 +42,7 @@ from uploader.protocol import Receipt
 DAY = 86400
 SECRET = "correct horse 42"  # noqa: S105 - the test users' password
 PLATFORM = NoteSigner.generate("platform.example.org/receipts")
+PLATFORM_KEYS = (PLATFORM.verifier,)
 
 
 def new_station(tmp_path: Path) -> Station:
@@ -54,24 +67,92 @@ def ingest_clip(
     days_old: float,
     case: str | None = None,
     size: int = 2000,
+    docked_days_ago: float | None = None,
 ) -> str:
-    """Make and ingest one old recording; its digest."""
+    """Make one recording dated ``days_old`` days ago and ingest it as the dock did
+    ``docked_days_ago`` days ago (default: the day it was recorded); its digest."""
     path = make_clip(folder, name, days_old=days_old, size=size)
-    (result,) = list(
-        ingest_paths(station, [path], Binding(officer="o-1", device="CAM1", case=case))
-    )
-    assert isinstance(result, IngestResult), result
-    return result.sha256
+    docked = days_old if docked_days_ago is None else docked_days_ago
+    binding = Binding(officer="o-1", device="CAM1", case=case)
+    fd = open_source(path)
+    try:
+        st = os.fstat(fd)
+        source = Source(binding.device, os.fsencode(path.absolute()), st.st_size, st.st_mtime_ns)
+        staged, copy = copy_to_staging(station, fd, source)
+    finally:
+        os.close(fd)
+    digest = copy.digest
+    sha = digest.sha256_hex
+    station.store.adopt(staged, sha, digest.size)
+    body = {
+        "sha256": sha,
+        "size": digest.size,
+        "chunk_size": digest.chunk_size,
+        "chunk_root": digest.chunk_root.hex(),
+        **raw_path_fields(source.raw_path),
+        "source_mtime": rfc3339(datetime.fromtimestamp(copy.source_mtime_ns / 1e9, UTC)),
+        "device": binding.device,
+        "officer": binding.officer,
+        "case": binding.case,
+    }
+    at = rfc3339(datetime.now(UTC) - timedelta(days=docked))
+    with station.ledger.transaction() as tx:
+        (last,) = tx.conn.execute("SELECT data FROM entries WHERE seq = ?", (tx.size - 1,))
+        entry = build_entry(
+            seq=tx.size,
+            kind=INGEST,
+            station=station.station_id,
+            prev=hashlib.sha256(bytes(last[0])).hexdigest(),
+            body=body,
+            time=at,
+            clock=clock_reading()[1],
+        )
+        tx.append_entry(entry)
+        tx.conn.execute(
+            "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name,"
+            " device, officer, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                sha,
+                digest.size,
+                digest.chunk_size,
+                body["chunk_root"],
+                b"".join(digest.chunk_hashes),
+                entry.seq,
+                body["name"],
+                binding.device,
+                binding.officer,
+                body["source_mtime"],
+            ),
+        )
+        tx.conn.execute(
+            "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
+            (source.key, sha, entry.seq),
+        )
+    return sha
 
 
-def receipt(station: Station, sha256: str, signer: NoteSigner = PLATFORM) -> Entry:
-    """The platform's signed receipt for a stored file, recorded as Sender._on_receipt does."""
+def receipt(
+    station: Station,
+    sha256: str,
+    signer: NoteSigner = PLATFORM,
+    *,
+    stored_at: datetime | None = None,
+    station_id: str | None = None,
+) -> Entry:
+    """The platform's signed receipt for a stored file, recorded as Sender._on_receipt does.
+    ``stored_at``: the platform's time in it (default: now); ``station_id``: the
+    station it names (default: this one)."""
     ((size, seq),) = station.ledger.execute(
         "SELECT size, seq FROM files WHERE sha256 = ?", (sha256,)
     )
-    stored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when = (stored_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     note = Receipt(
-        station.station_id, sha256, int(size), int(seq), stored_at, station.ledger.size()
+        station_id or station.station_id,
+        sha256,
+        int(size),
+        int(seq),
+        when,
+        station.ledger.size(),
     ).sign(signer)
     opened = open_note(note, [signer.verifier])
     body = {
@@ -79,7 +160,7 @@ def receipt(station: Station, sha256: str, signer: NoteSigner = PLATFORM) -> Ent
         "size": int(size),
         "seq": int(seq),
         "platform_key": opened.verified[0].vkey,
-        "stored_at": stored_at,
+        "stored_at": when,
         "receipt": note,
     }
     return station.ledger.append(UPLOAD_RECEIPT, body)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, date, datetime, time, timedelta
+import sys
+from datetime import UTC, date, datetime, time, timedelta, timezone
 
 from agent import config
 from agent import retention as ret
@@ -36,13 +37,23 @@ def _when(value: datetime | None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    policy = ret.policy_from_config(config.load())
+    cfg = config.load()
+    policy = ret.policy_from_config(cfg)
+    keys = ret.platform_keys_from_config(cfg)
     station = open_station(args)
     try:
-        result = ret.run(station, policy, by=console_actor(), dry_run=args.dry_run)
+        result = ret.run(
+            station,
+            policy,
+            by=console_actor(),
+            platform_keys=keys,
+            require_synced_clock=bool(cfg.get("retention", "require_synced_clock")),
+            dry_run=args.dry_run,
+        )
     finally:
         station.close()
-    code = EXIT_INTEGRITY if result.mismatched or result.errors else EXIT_OK
+    failed = result.mismatched or result.errors or result.refused
+    code = EXIT_INTEGRITY if failed else EXIT_OK
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=1))
         return code
@@ -62,17 +73,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"NOT PURGED {sha}: {detail}")
     for sha, detail in result.skipped:
         print(f"not purged after all {sha}: {detail}")
+    for sha, detail in result.kept:
+        print(f"NOT FINISHED {sha}: {detail}")
     blocked = ", ".join(f"{k} {n}" for k, n in plan.counts().items()) or "none"
     print(f"kept: {blocked}; purged before: {plan.purged}")
+    waiting = plan.counts().get(ret.AWAITING)
+    if waiting:
+        print(
+            f"{waiting} recording(s) past their date wait for a platform receipt dated after it "
+            "(the next upload): the platform's time, not this dock's clock, allows a purge"
+        )
     if result.dry_run:
         print(f"dry run: nothing written; {len(plan.due)} recording(s) due")
+        if not keys:
+            print("no [upload] platform_key is configured: a real run purges nothing")
     else:
         print(f"{len(result.purged)} purged, {len(result.finished)} interrupted purge(s) finished")
+    if result.refused:
+        print(f"NOT PURGED: {result.refused}", file=sys.stderr)
     return code
 
 
-def _until(text: str | None) -> datetime | None:
-    """A date (the whole day, UTC) or a time with its zone."""
+def _until(text: str | None, zone: timezone) -> datetime | None:
+    """A date (that whole local day in ``zone``) or a time (without a zone: in ``zone``)."""
     if text is None:
         return None
     try:
@@ -80,24 +103,25 @@ def _until(text: str | None) -> datetime | None:
     except ValueError:
         pass
     else:
-        return datetime.combine(day, time(), UTC) + timedelta(days=1) - timedelta(microseconds=1)
+        return datetime.combine(day, time(), zone) + timedelta(days=1) - timedelta(microseconds=1)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
         raise InputError(
             f"--until {text!r}: not a date; use e.g. 2027-01-31 or 2027-01-31T08:00:00+08:00"
         ) from e
-    if when.tzinfo is None:
-        raise InputError(f"--until {text!r}: give the time zone, e.g. +08:00 or Z")
-    return when.astimezone(UTC)
+    return (when if when.tzinfo is not None else when.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    until = _until(args.until)
-    policy = ret.policy_from_config(config.load())
+    cfg = config.load()
+    zone = timezone(timedelta(minutes=int(cfg.get("offload", "utc_offset_minutes"))))
+    until = _until(args.until, zone)
+    policy = ret.policy_from_config(cfg)
+    keys = ret.platform_keys_from_config(cfg)
     station = open_station(args)
     try:
-        forecast = ret.report(station, policy, datetime.now(UTC), until)
+        forecast = ret.report(station, policy, datetime.now(UTC), until, keys)
     finally:
         station.close()
     if args.json:
@@ -118,9 +142,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
+    keys = ret.platform_keys_from_config(config.load())
     station = open_station(args)
     try:
-        result = scrub(station, by=console_actor())
+        result = scrub(station, by=console_actor(), platform_keys=keys)
     finally:
         station.close()
     code = EXIT_OK if result.ok else EXIT_INTEGRITY
@@ -148,8 +173,10 @@ def register(sub: Subparsers, add: Add) -> None:
     p = add(
         "run",
         cmd_run,
-        "purge the local copies past their date, receipted by the platform and under no hold "
-        "(each purge a ledger entry first); exit 1 if a copy failed its digest or could not be "
+        "purge the local copies past their date, receipted by the platform (signed by "
+        "[upload] platform_key), under no hold, once a platform receipt dated after that date "
+        "arrived (each purge a ledger entry first); exit 2 without a platform key or with an "
+        "unsynchronised or backward clock, exit 1 if a copy failed its digest or could not be "
         "removed",
         group,
     )
@@ -161,7 +188,8 @@ def register(sub: Subparsers, add: Add) -> None:
     p.add_argument(
         "--until",
         metavar="DATE",
-        help="only recordings due by then (a date, or a time with zone); default: all",
+        help="only recordings due by then (a date: that whole local day, [offload] "
+        "utc_offset_minutes; or a time, without a zone in that one); default: all",
     )
     p.add_argument("--json", action="store_true")
     p = add(

@@ -20,23 +20,31 @@ from typing import Any
 
 import pytest
 
+import hashing.entries
 from agent import retention
 from agent.cli import main
 from agent.roles import ADMIN, AUDITOR, OFFICER, SUPERVISOR
 from agent.users import Users
 from hashing.retention import HOLD, HOLD_RELEASE, PURGE, RETENTION_POLICY, Policy, rfc3339
 from hashing.station import Station
-from tests.retention_support import add_user, make_clip, receipt, secret_file
+from tests.retention_support import PLATFORM, add_user, ingest_clip, receipt, secret_file
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = """\
+RETENTION = """\
 [retention]
 routine_days = 365
 grace_days = 30
 evidence_days = { penalty = 3650, criminal = "permanent" }
 default_case_type = "penalty"
 """
-POLICY = Policy(365, 30, {"penalty": 3650, "criminal": None}, "penalty")
+# The platform's receipt key, as a dock pins it; the test machine's clock may not
+# be synchronised (hashing.entries._clock_status), so purges do not require it.
+CONFIG = (
+    f'[upload]\nplatform_key = "{PLATFORM.verifier.vkey}"\n'
+    + RETENTION
+    + "require_synced_clock = false\n"
+)
+POLICY = Policy(365, 30, {"penalty": 3650, "criminal": None}, "penalty", 480)
 OLD = 500
 
 
@@ -56,11 +64,12 @@ class Dock:
         return ["--as", name, "--password-file", str(self.secret)]
 
     def ingest(self, name: str, *, days_old: float, case: str | None = None) -> str:
-        path = make_clip(self.src, name, days_old=days_old)
-        extra = ["--case", case] if case else []
-        code, out, err = self.run("ingest", str(path), *extra)
-        assert code == 0, err
-        return out.split()[0]
+        """A recording made and docked ``days_old`` days ago (tests.retention_support)."""
+        station = self.station()
+        try:
+            return ingest_clip(station, self.src, name, days_old=days_old, case=case)
+        finally:
+            station.close()
 
     def station(self) -> Station:
         return Station.open(self.home)
@@ -250,7 +259,8 @@ def test_a_deletion_outside_retention_is_file_missing(dock: Dock) -> None:
     code, out, _ = dock.run("ledger", "verify", "--json")
     report = json.loads(out)
     assert code == 1
-    assert [f["kind"] for f in report["findings"]] == ["file_missing"]
+    failed = [f["kind"] for f in report["findings"] if f["kind"] != "clock_regression"]
+    assert failed == ["file_missing"]
 
 
 def _forge(dock: Dock, sha: str) -> None:
@@ -275,6 +285,7 @@ def _forge(dock: Dock, sha: str) -> None:
                 "class": status.klass,
                 "cases": list(status.cases),
                 "recorded_at": rfc3339(status.recorded_at),
+                "counted_from": rfc3339(status.counted_from),
                 "keep_until": rfc3339(status.keep_until) if status.keep_until else None,
                 "purge_after": rfc3339(status.purge_after) if status.purge_after else None,
                 "receipt": status.receipt,
@@ -289,26 +300,83 @@ def _forge(dock: Dock, sha: str) -> None:
 
 def test_forged_purge_entries_are_unlawful_purges(dock: Dock) -> None:
     early = dock.ingest("EARLY.MP4", days_old=100)
-    dock.receipt(early)
     unreceipted = dock.ingest("NORECEIPT.MP4", days_old=OLD)
+    unsigned = dock.ingest("UNSIGNED.MP4", days_old=OLD)
     held = dock.ingest("HELD.MP4", days_old=OLD)
+    dock.receipt(early)
     dock.receipt(held)
     assert (
         dock.run("hold", "add", held, "--reason", "other", "--note", "n", *dock.as_user("sup"))[0]
         == 0
     )
-    for sha in (early, unreceipted, held):
+    station = dock.station()
+    try:
+        (hold,) = station.ledger.entries_of_type(HOLD)
+        # Behind the rule's back: a release by the supervisor who set the hold (not
+        # an admin), and a receipt the platform never signed.
+        station.ledger.append(HOLD_RELEASE, {"hold": hold.seq, "note": "x", "by": "sup"})
+        station.ledger.append("upload_receipt", {"sha256": unsigned, "size": 2000, "seq": 0})
+    finally:
+        station.close()
+    for sha in (early, unreceipted, unsigned, held):
         _forge(dock, sha)
     code, out, _ = dock.run("ledger", "verify", "--json")
     assert code == 1
-    findings = json.loads(out)["findings"]
+    findings = [f for f in json.loads(out)["findings"] if f["kind"] != "clock_regression"]
     assert {f["kind"] for f in findings} == {"unlawful_purge"}
     why = {f["place"].split("/")[-1].split(" ")[0]: f["detail"] for f in findings}
     assert "not due before" in why[early]
     assert "no upload receipt" in why[unreceipted]
-    assert "under hold" in why[held]
+    assert "no upload receipt" in why[unsigned]
+    assert "under hold" in why[held] and "'sup', not an admin" in why[held]
     code, out, _ = dock.run("ledger", "verify")
     assert "unlawful_purge" in out and "INTEGRITY FAILURE" in out
+
+
+def test_without_a_platform_key_purges_are_unverified_and_none_is_made(
+    dock: Dock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sha = dock.ingest("A.MP4", days_old=OLD)
+    dock.receipt(sha)
+    assert dock.run("retention", "run")[0] == 0 and not dock.stored(sha)
+    key = PLATFORM.verifier.vkey
+    # An auditor off the dock: no configuration, the platform key on the command line.
+    bare = tmp_path / "bare.toml"
+    bare.write_text("", encoding="utf-8")
+    monkeypatch.setenv("EVIDOCK_CONFIG", str(bare))
+    code, out, _ = dock.run("ledger", "verify", "--platform-key", key)
+    assert code == 0 and "files purged lawfully: 1" in out, out
+    code, out, _ = dock.run("ledger", "verify", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["checked"]["files purged, receipts not verified"] == 1
+    (unverified,) = [f for f in report["findings"] if f["kind"] == "purge_unverified"]
+    assert "--platform-key" in unverified["detail"]
+    code, _, err = dock.run("ledger", "verify", "--platform-key", "not-a-key")
+    assert code == 2 and "--platform-key" in err
+    # A dock without a platform key purges nothing.
+    other = dock.ingest("B.MP4", days_old=OLD)
+    dock.receipt(other)
+    size = dock.size()
+    code, _, err = dock.run("retention", "run")
+    assert code == 2 and "no [upload] platform_key" in err
+    assert dock.stored(other) and dock.size() == size
+
+
+def test_an_unsynchronised_clock_purges_nothing(
+    dock: Dock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sha = dock.ingest("A.MP4", days_old=OLD)
+    dock.receipt(sha)
+    strict = tmp_path / "strict.toml"
+    strict.write_text(
+        f'[upload]\nplatform_key = "{PLATFORM.verifier.vkey}"\n' + RETENTION, encoding="utf-8"
+    )
+    monkeypatch.setenv("EVIDOCK_CONFIG", str(strict))  # require_synced_clock = true (default)
+    monkeypatch.setattr(hashing.entries, "_clock_status", lambda: "unsynced")
+    size = dock.size()
+    code, _, err = dock.run("retention", "run")
+    assert code == 2 and "not synchronised" in err and "require_synced_clock" in err
+    assert dock.stored(sha) and dock.size() == size
 
 
 CRASHER = textwrap.dedent(
@@ -369,8 +437,11 @@ def test_retention_report(dock: Dock) -> None:
     report = json.loads(out)
     assert [r["sha256"] for r in report["recordings"]] == [old, young]
     assert report["recordings"][0]["state"] == "not receipted"
+    # A date is the whole local day ([offload] utc_offset_minutes, +08:00 by default).
     code, out, _ = dock.run("retention", "report", "--until", "2000-01-01")
-    assert code == 0 and "2 more after 2000-01-01T23:59:59.999999Z" in out
+    assert code == 0 and "2 more after 2000-01-01T15:59:59.999999Z" in out
+    code, out, _ = dock.run("retention", "report", "--until", "2000-01-01T08:00:00")
+    assert code == 0 and "2 more after 2000-01-01T00:00:00Z" in out
     code, _, err = dock.run("retention", "report", "--until", "soon")
     assert code == 2 and "not a date" in err
 
@@ -495,6 +566,15 @@ def test_config_check_knows_the_retention_section(dock: Dock, tmp_path: Path) ->
     assert code == 2
     assert "[retention] routine_days: must be at least 365" in out
     assert "evidence_days: case type 'penalty': 0 is neither" in out
+    huge = tmp_path / "huge.toml"
+    huge.write_text(
+        "[retention]\nroutine_days = 40000\nevidence_days = { penalty = 3000000 }\n",
+        encoding="utf-8",
+    )
+    code, out, _ = dock.run("config", "check", str(huge))
+    assert code == 2
+    assert "[retention] routine_days: must be at most 36525 (100 years)" in out
+    assert "'penalty': 3000000 days is over 100 years" in out and '"permanent"' in out
     other = tmp_path / "other.toml"
     other.write_text('[retention]\ndefault_case_type = "tax"\n', encoding="utf-8")
     code, out, _ = dock.run("config", "check", str(other))

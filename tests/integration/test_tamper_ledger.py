@@ -8,17 +8,22 @@ and 1-4 (ingests, entry 1 a 3 MiB + 17 B file) and a checkpoint at size 5.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import hashing.audit
+from agent import holds, retention
 from agent.cli import main
+from agent.roles import SUPERVISOR
 from agent.users import Users
 from hashing.audit import audit
 from hashing.bundle import Request, Selection, export_bundle
+from hashing.entries import build_entry
 from hashing.errors import IntegrityError
 from hashing.findings import (
     BAD_SIGNATURE,
@@ -37,6 +42,7 @@ from hashing.findings import (
 )
 from hashing.merkle import CompactRange, leaf_hash
 from hashing.note import NoteSigner
+from hashing.retention import Policy, parse_when, rfc3339
 from hashing.station import Station
 from tests.integration._support import (
     MIB,
@@ -54,6 +60,7 @@ from tests.integration._support import (
     snapshot_db,
     tamper_db,
 )
+from tests.retention_support import PLATFORM_KEYS, add_user, ingest_clip, receipt
 
 pytestmark = pytest.mark.slow
 
@@ -482,3 +489,111 @@ def test_cli_ledger_verify_with_held_checkpoint(
     findings = result["findings"]
     assert isinstance(findings, list)
     assert {f["kind"] for f in findings} == {ROLLBACK}
+
+
+# -- purges: deletions dressed up as retention -----------------------------------
+
+
+OLD_DAYS = 500  # past a year and the 30 days' grace
+
+
+def _purge_like_the_dock(dock: Built, sha: str) -> int:
+    """A purge entry shaped as agent.retention writes it for ``sha`` (status from the
+    rule itself), appended behind its back, and the file removed."""
+    station = dock.station
+    status = retention.status(station, sha, Policy(), datetime.now(UTC), PLATFORM_KEYS)
+    assert status is not None and status.keep_until and status.purge_after
+    policy = station.ledger.append("retention_policy", {**Policy().body(), "by": "console:x"})
+    body = {
+        "sha256": sha,
+        "size": status.size,
+        "class": status.klass,
+        "cases": list(status.cases),
+        "recorded_at": rfc3339(status.recorded_at),
+        "counted_from": rfc3339(status.counted_from),
+        "keep_until": rfc3339(status.keep_until),
+        "purge_after": rfc3339(status.purge_after),
+        "receipt": status.receipt,
+        "attested_by": status.receipt,
+        "policy": policy.seq,
+        "by": "console:x",
+    }
+    entry = station.ledger.append("purge", body)
+    station.store.path_for(sha).unlink()
+    return entry.seq
+
+
+def test_a_fresh_recording_deleted_with_a_purge_entry_is_an_unlawful_purge(dock: Built) -> None:
+    station = dock.station
+    sha = dock.shas[0]
+    policy = station.ledger.append(
+        "retention_policy", {"routine_days": 365, "grace_days": 0, "evidence_days": {}, "by": "x"}
+    )
+    # An upload receipt the platform never signed, then the purge.
+    station.ledger.append("upload_receipt", {"sha256": sha, "size": 3 * MIB + 17, "seq": 1})
+    station.ledger.append("purge", {"sha256": sha, "policy": policy.seq, "class": "routine"})
+    stored(dock, 0).unlink()
+    report = audit(station, platform_keys=PLATFORM_KEYS)
+    finding = assert_finding(report, "unlawful_purge", detail="no upload receipt")
+    assert "evidence of a case of type unknown: permanent" in finding.detail
+    assert FILE_MISSING not in report.kinds()
+
+
+def test_a_purge_under_a_hold_released_by_a_supervisor_is_unlawful(
+    dock: Built, tmp_path: Path
+) -> None:
+    sha = ingest_clip(dock.station, tmp_path / "src", "HELD.MP4", days_old=OLD_DAYS)
+    receipt(dock.station, sha)
+    sup = add_user(dock.station, "sup", SUPERVISOR)
+    hold = holds.add_hold(dock.station, sup, files=[sha], reason="dispute", note="complaint")
+    dock.station.ledger.append("hold_release", {"hold": hold.seq, "note": "x", "by": "sup"})
+    seq = _purge_like_the_dock(dock, sha)
+    report = audit(dock.station, platform_keys=PLATFORM_KEYS)
+    finding = assert_finding(report, "unlawful_purge", detail=f"under hold (entry {hold.seq})")
+    assert f"purge entry {seq}" in finding.place and "not an admin" in finding.detail
+
+
+def test_a_purge_dated_by_a_clock_that_ran_ahead_is_unlawful(dock: Built, tmp_path: Path) -> None:
+    """A lawful-looking purge, then the clock is put right: the next entry is dated
+    before it, so the purge's date came from a clock that was ahead."""
+    sha = ingest_clip(dock.station, tmp_path / "src", "A.MP4", days_old=OLD_DAYS)
+    receipt(dock.station, sha)
+    seq = _purge_like_the_dock(dock, sha)
+    assert_clean(audit(dock.station, platform_keys=PLATFORM_KEYS))
+    purge_time = parse_when(dock.station.ledger.entry(seq).time)
+    assert purge_time is not None
+    earlier = rfc3339(purge_time - timedelta(hours=1))
+    with dock.station.ledger.transaction() as tx:
+        (last,) = tx.conn.execute("SELECT data FROM entries WHERE seq = ?", (tx.size - 1,))
+        tx.append_entry(
+            build_entry(
+                seq=tx.size,
+                kind="note",
+                station=dock.station.station_id,
+                prev=hashlib.sha256(bytes(last[0])).hexdigest(),
+                body={},
+                time=earlier,
+                clock="system/ntp",
+            )
+        )
+    report = audit(dock.station, platform_keys=PLATFORM_KEYS)
+    assert_finding(report, "unlawful_purge", detail="a clock that was ahead")
+
+
+def test_cli_judges_purges_with_the_platform_key(
+    dock: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    monkeypatch.setenv("EVIDOCK_CONFIG", str(empty))  # an auditor's machine: no dock config
+    sha = ingest_clip(dock.station, tmp_path / "src", "A.MP4", days_old=OLD_DAYS)
+    receipt(dock.station, sha)
+    _purge_like_the_dock(dock, sha)
+    code, result = ledger_verify(dock, capsys)
+    findings, checked = result["findings"], result["checked"]
+    assert isinstance(findings, list) and isinstance(checked, dict)
+    assert code == 0 and "purge_unverified" in {f["kind"] for f in findings}
+    assert checked["files purged, receipts not verified"] == 1
+    code, result = ledger_verify(dock, capsys, "--platform-key", PLATFORM_KEYS[0].vkey)
+    checked = result["checked"]
+    assert code == 0 and isinstance(checked, dict) and checked["files purged lawfully"] == 1

@@ -4,7 +4,9 @@ they cover (by file, by case, including cases bound later), and their entries.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +14,7 @@ from agent import holds, records
 from agent.roles import ADMIN, AUDITOR, OFFICER, SUPERVISOR, PermissionDeniedError
 from agent.users import User, Users
 from hashing.errors import InputError
-from hashing.retention import HOLD, HOLD_RELEASE
+from hashing.retention import HOLD, HOLD_RELEASE, PURGE
 from hashing.station import Station
 from tests.retention_support import add_user, ingest_clip, new_station
 
@@ -149,3 +151,47 @@ def test_a_purged_recording_cannot_be_held(
     station.ledger.append("purge", {"sha256": sha})  # whatever its lawfulness: it is gone
     with pytest.raises(InputError, match="already purged"):
         holds.add_hold(station, people[SUPERVISOR], files=[sha], reason="other", note="n")
+
+
+def test_a_hold_and_a_purge_cannot_cross(
+    station: Station, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold's not-purged check runs inside the transaction that appends it: a
+    purge committed just before that transaction is seen."""
+    sha = ingest_clip(station, tmp_path / "src", "A.MP4", days_old=1)
+    boss = add_user(station, "boss", SUPERVISOR)
+    original = station.ledger.transaction
+
+    @contextmanager
+    def purge_slips_in() -> Iterator[Any]:
+        other = Station.open(station.home)  # the retention timer, another process
+        try:
+            other.ledger.append(PURGE, {"sha256": sha})
+        finally:
+            other.close()
+        with original() as tx:
+            yield tx
+
+    monkeypatch.setattr(station.ledger, "transaction", purge_slips_in)
+    with pytest.raises(InputError, match="already purged"):
+        holds.add_hold(station, boss, files=[sha], reason="dispute", note="n")
+    monkeypatch.undo()
+    assert not list(station.ledger.entries_of_type("hold"))
+
+
+def test_a_release_by_anyone_but_an_admin_leaves_the_hold_in_force(
+    station: Station, people: dict[str, User], tmp_path: Path
+) -> None:
+    """A hold_release written behind the roles' back (by the supervisor who set the
+    hold) does not count: the hold stays in force, listed with the refused release,
+    and an admin can still release it."""
+    sha = ingest_clip(station, tmp_path / "src", "A.MP4", days_old=1)
+    entry = holds.add_hold(station, people[SUPERVISOR], files=[sha], reason="dispute", note="n")
+    forged = station.ledger.append(HOLD_RELEASE, {"hold": entry.seq, "note": "x", "by": "sup"})
+    assert holds.is_held(station, sha)
+    (h,) = holds.holds(station)
+    assert h.active and h.refused_releases == (forged.seq,)
+    assert h.as_dict()["refused_releases"] == [forged.seq]
+    release = holds.release_hold(station, people[ADMIN], entry.seq, "withdrawn")
+    (h,) = holds.holds(station)
+    assert h.released == release.seq and h.released_by == "adm" and not holds.is_held(station, sha)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+import hashing.audit
 from agent import retention
 from agent.scrub import SCRUB, scrub
 from hashing.retention import Policy
 from hashing.station import Station
-from tests.retention_support import ingest_clip, new_station, receipt
+from tests.retention_support import PLATFORM_KEYS, ingest_clip, new_station, receipt
 
 
 @pytest.fixture
@@ -35,7 +36,9 @@ def flip(path: Path, offset: int) -> bytes:
 
 def test_a_clean_store_scrubs_ok(station: Station, tmp_path: Path) -> None:
     shas = [
-        ingest_clip(station, tmp_path / "src", f"C{i}.MP4", days_old=1, size=1000 + i)
+        ingest_clip(
+            station, tmp_path / "src", f"C{i}.MP4", days_old=1, size=1000 + i, docked_days_ago=0
+        )
         for i in range(3)
     ]
     result = scrub(station, by="console:test")
@@ -51,8 +54,8 @@ def test_a_clean_store_scrubs_ok(station: Station, tmp_path: Path) -> None:
 def test_a_flipped_byte_is_recorded_and_logged_and_left_alone(
     station: Station, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sha = ingest_clip(station, tmp_path / "src", "A.MP4", days_old=1, size=3000)
-    ingest_clip(station, tmp_path / "src", "B.MP4", days_old=1)
+    sha = ingest_clip(station, tmp_path / "src", "A.MP4", days_old=1, size=3000, docked_days_ago=0)
+    ingest_clip(station, tmp_path / "src", "B.MP4", days_old=1, docked_days_ago=0)
     path = station.store.path_for(sha)
     damaged = flip(path, 1234)
     with caplog.at_level(logging.ERROR, logger="agent.scrub"):
@@ -72,12 +75,18 @@ def test_lawful_purges_are_not_failures_but_deletions_and_ledger_damage_are(
 ) -> None:
     purged = ingest_clip(station, tmp_path / "src", "OLD.MP4", days_old=500)
     receipt(station, purged)
-    retention.run(station, Policy(), by="console:test")
+    retention.run(
+        station,
+        Policy(),
+        by="console:test",
+        platform_keys=PLATFORM_KEYS,
+        require_synced_clock=False,
+    )
     assert not station.store.has(purged)
-    assert scrub(station, by="console:test").ok
-    deleted = ingest_clip(station, tmp_path / "src", "NEW.MP4", days_old=1)
+    assert scrub(station, by="console:test", platform_keys=PLATFORM_KEYS).ok
+    deleted = ingest_clip(station, tmp_path / "src", "NEW.MP4", days_old=1, docked_days_ago=0)
     station.store.path_for(deleted).unlink()
-    result = scrub(station, by="console:test")
+    result = scrub(station, by="console:test", platform_keys=PLATFORM_KEYS)
     assert [(f["sha256"], f["finding"]) for f in result.failures] == [(deleted, "file_missing")]
     assert result.ledger_ok
     # Someone edits an entry's bytes in the database (triggers dropped, as a tamperer would).
@@ -92,3 +101,36 @@ def test_lawful_purges_are_not_failures_but_deletions_and_ledger_damage_are(
     result = scrub(station, by="console:test")
     assert not result.ledger_ok and result.entry.body["ledger"] == "failed"
     assert "entry_altered" in {f["kind"] for f in result.ledger_findings}
+
+
+def test_a_purge_while_the_scrub_reads_the_store_is_not_a_loss(
+    station: Station, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weekly scrub and the daily retention run overlap: the audit has read its
+    ledger snapshot when the run commits a purge entry and unlinks the file. The
+    file is judged by that purge entry, read from the live ledger, not reported
+    missing."""
+    sha = ingest_clip(station, tmp_path / "src", "A.MP4", days_old=500)
+    receipt(station, sha)
+    checking = hashing.audit._check_signer_state  # runs after the snapshot, before the store
+
+    def retention_run_meanwhile(*args: object, **kwargs: object) -> None:
+        other = Station.open(station.home)  # the retention timer, another process
+        try:
+            retention.run(
+                other,
+                Policy(),
+                by="console:cron",
+                platform_keys=PLATFORM_KEYS,
+                require_synced_clock=False,
+            )
+        finally:
+            other.close()
+        checking(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hashing.audit, "_check_signer_state", retention_run_meanwhile)
+    result = scrub(station, by="console:scrub", platform_keys=PLATFORM_KEYS)
+    assert not station.store.has(sha)
+    assert result.ok and result.entry.body["failures"] == [], result.entry.body
+    monkeypatch.undo()
+    assert hashing.audit.audit(station, platform_keys=PLATFORM_KEYS).exit_code == 0
