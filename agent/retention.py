@@ -467,6 +467,17 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def _remove_thumbnail(station: Station, sha256: str) -> None:
+    """The kiosk's still of a purged recording (agent.offload keeps thumbs/<sha256>.jpg)."""
+    thumb = station.home / "thumbs" / f"{sha256}.jpg"
+    try:
+        thumb.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        log.error("purge of %s: could not remove its thumbnail %s: %s", sha256, thumb, e)
+
+
 def _unlink_all(station: Station, purges: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
     """Remove the stored files of ``purges`` ((digest, purge entry)) and make the
     removals durable; (digest, error) for any that could not be removed (their
@@ -478,6 +489,8 @@ def _unlink_all(station: Station, purges: Sequence[tuple[str, int]]) -> list[tup
         try:
             _remove(path)
             folders.add(path.parent)
+            # Its still goes too: for a photo the thumbnail is the picture (Art. 16).
+            _remove_thumbnail(station, sha)
         except OSError as e:
             log.error("purge of %s: could not remove %s: %s; the next run retries", sha, path, e)
             errors.append(

@@ -184,9 +184,15 @@ def test_run_purges_entry_first_then_the_file_and_the_audit_calls_it_lawful(
     kept = ingest_clip(station, tmp_path / "src", "B.MP4", days_old=OLD)  # no receipt
     path = station.store.path_for(sha)
     assert path.is_file()
+    thumbs = station.home / "thumbs"
+    thumbs.mkdir(exist_ok=True)
+    for still in (sha, kept):
+        (thumbs / f"{still}.jpg").write_bytes(b"a still")
     result = run(station)
     ((purged, seq),) = result.purged
     assert purged == sha and not path.exists() and station.store.has(kept)
+    # Its still goes with it (for a photo, the still is the picture); others stay.
+    assert not (thumbs / f"{sha}.jpg").exists() and (thumbs / f"{kept}.jpg").exists()
     entry = station.ledger.entry(seq)
     st = retention.status(station, sha, POLICY, now(), PLATFORM_KEYS)
     assert st is not None and st.state == "purged" and st.purge_lawful
