@@ -20,6 +20,7 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bench import kiosk
 from bench._report import MIB, Row, Section, seconds
@@ -52,16 +53,45 @@ def _best(runs: int, job: object) -> float:
     return min(times)
 
 
+def _receipt_all(station: Any, platform: Any) -> None:
+    """A platform-signed receipt for every recording, as uploader.sender records them,
+    so the retention plan verifies as many receipt signatures as on a dock."""
+    from hashing.note import open_note  # noqa: PLC0415
+    from uploader.outbox import UPLOAD_RECEIPT  # noqa: PLC0415
+    from uploader.protocol import Receipt  # noqa: PLC0415
+
+    rows = station.ledger.execute("SELECT sha256, size, seq FROM files ORDER BY seq")
+    stored_at = "2026-11-20T00:00:00.000000Z"
+    for start in range(0, len(rows), 1000):
+        with station.ledger.transaction() as tx:
+            for sha, size, seq in rows[start : start + 1000]:
+                note = Receipt(
+                    station.station_id, str(sha), int(size), int(seq), stored_at, tx.size
+                ).sign(platform)
+                body = {
+                    "sha256": str(sha),
+                    "size": int(size),
+                    "seq": int(seq),
+                    "platform_key": open_note(note, [platform.verifier]).verified[0].vkey,
+                    "stored_at": stored_at,
+                    "receipt": note,
+                }
+                tx.append(UPLOAD_RECEIPT, body)
+
+
 def ledger_jobs(home: Path, recordings: int, rounds: int) -> Section:
     from agent import reports, retention, spotcheck  # noqa: PLC0415
     from agent.users import Users  # noqa: PLC0415
+    from hashing.note import NoteSigner  # noqa: PLC0415
     from hashing.retention import Policy  # noqa: PLC0415
     from hashing.station import Station  # noqa: PLC0415
 
     kiosk.build(home, recordings)
     station = Station.open(home)
     section = Section()
+    platform = NoteSigner.generate("platform.bench/receipts")
     try:
+        _receipt_all(station, platform)
         users = Users(station)
         try:
             users.add(
@@ -74,7 +104,8 @@ def ledger_jobs(home: Path, recordings: int, rounds: int) -> Section:
         baseline = min(_scan(home) for _ in range(rounds))
         now = datetime(2028, 6, 1, tzinfo=UTC)
         policy = Policy(routine_days=365, grace_days=30)
-        plan_s = _best(rounds, lambda: retention.plan(station, policy, now))
+        keys = (platform.verifier,)
+        plan_s = _best(rounds, lambda: retention.plan(station, policy, now, keys))
         period = reports.Period.parse("2026-03-01", "2026-12-31", reports.parse_tz("+08:00"))
 
         def report() -> None:
@@ -142,8 +173,8 @@ def scrub(work: Path, *, total: int, count: int, rounds: int) -> Section:
     source = work / "source"
     source.mkdir(parents=True)
     size = total // count
-    block = os.urandom(MIB)
     for i in range(count):
+        block = os.urandom(MIB)  # each file its own bytes: the store keeps one copy per digest
         with (source / f"clip{i:03d}.mp4").open("wb") as f:
             for j in range(size // MIB):
                 f.write(block[j % 7 :] + block[: j % 7] if j % 2 else block)
@@ -153,6 +184,7 @@ def scrub(work: Path, *, total: int, count: int, rounds: int) -> Section:
             assert not isinstance(ingested, tuple), ingested
         shutil.rmtree(source)
         stored = sorted(p for p in station.store.root.rglob("*") if p.is_file())
+        assert len(stored) == count, f"{len(stored)} stored files, expected {count}"
         ours, theirs = [], []
         for _ in range(rounds):
             _drop_cache(stored)
