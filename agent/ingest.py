@@ -25,8 +25,10 @@ from typing import Any
 
 from agent.copier import CopyResult, copy_and_verify, open_source
 from hashing import canonical
-from hashing.entries import INGEST
+from hashing.digest import FileDigest
+from hashing.entries import INGEST, Entry
 from hashing.errors import DeviceError, EvidockError
+from hashing.ledger import LedgerTx
 from hashing.station import Station
 
 log = logging.getLogger(__name__)
@@ -144,28 +146,35 @@ def commit(
             **(extra or {}),
         }
         entry = tx.append(INGEST, body)
-        tx.conn.execute(
-            "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name,"
-            " device, officer, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                sha,
-                digest.size,
-                digest.chunk_size,
-                body["chunk_root"],
-                b"".join(digest.chunk_hashes),
-                entry.seq,
-                body["name"],
-                binding.device,
-                binding.officer,
-                body.get("recorded_at") or body["source_mtime"],
-            ),
-        )
-        tx.conn.execute(
-            "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
-            (source.key, sha, entry.seq),
-        )
+        index_ingest(tx, entry, digest, source.key)
     log.info("ingested %s as %s (entry %d)", source.display, sha, entry.seq)
     return IngestResult(sha, source.display, entry.seq, new=True)
+
+
+def index_ingest(tx: LedgerTx, entry: Entry, digest: FileDigest, source_key: str) -> None:
+    """The ``files`` and ``sources`` rows of an ``ingest`` entry, in its transaction:
+    the store's index (chunk hashes for proofs, who and when for tagging and reports)."""
+    body = entry.body
+    tx.conn.execute(
+        "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name,"
+        " device, officer, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            body["sha256"],
+            digest.size,
+            digest.chunk_size,
+            body["chunk_root"],
+            b"".join(digest.chunk_hashes),
+            entry.seq,
+            body["name"],
+            body.get("device"),
+            body.get("officer"),
+            body.get("recorded_at") or body["source_mtime"],
+        ),
+    )
+    tx.conn.execute(
+        "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
+        (source_key, body["sha256"], entry.seq),
+    )
 
 
 def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:

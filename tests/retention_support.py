@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.copier import open_source
-from agent.ingest import Binding, Source, copy_to_staging, raw_path_fields
+from agent.ingest import Binding, Source, copy_to_staging, index_ingest, raw_path_fields
 from agent.users import User, Users
 from hashing.entries import INGEST, Entry, build_entry, clock_reading
 from hashing.note import NoteSigner, open_note
@@ -108,26 +108,7 @@ def ingest_clip(
             clock=clock_reading()[1],
         )
         tx.append_entry(entry)
-        tx.conn.execute(
-            "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name,"
-            " device, officer, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                sha,
-                digest.size,
-                digest.chunk_size,
-                body["chunk_root"],
-                b"".join(digest.chunk_hashes),
-                entry.seq,
-                body["name"],
-                binding.device,
-                binding.officer,
-                body["source_mtime"],
-            ),
-        )
-        tx.conn.execute(
-            "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
-            (source.key, sha, entry.seq),
-        )
+        index_ingest(tx, entry, digest, source.key)
     return sha
 
 
