@@ -26,12 +26,12 @@ so before anything is logged.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from agent._text import check_text
 from agent.retention import purge_entries
 from agent.roles import PermissionDeniedError, ScopedActor, officer_scope, require
 from hashing.entries import EXPORT, Entry, parse_time
@@ -50,12 +50,6 @@ PERMISSION = {
     DISCLOSE: "export",
 }
 PURPOSE_MAX = 200
-# Controls, format characters (bidirectional embeddings and marks, zero-width spaces,
-# soft hyphens: they reorder or hide text on the screen, so a purpose could read
-# differently from what is stored or searched), separators, surrogates, private-use and
-# unassigned code points.
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
 # The kiosk's common purposes (Art. 18): kind -> (words in the ledger, detail required?).
 # The ledger says them in English whatever the screen's language; the kiosk shows them
 # translated (agent.kiosk.i18n "purpose.kind.*").
@@ -74,28 +68,14 @@ def check_purpose(text: str | None) -> str:
     Returns it without surrounding blanks. Raises InputError when it is missing,
     longer than PURPOSE_MAX characters, or holds a control character, a line or
     paragraph separator or a bidirectional control."""
-    if text is None or not text.strip():
-        raise InputError(
-            "give a purpose: why the recordings are needed "
-            "(e.g. a disclosure request number or a case id)"
-        )
-    purpose = text.strip()
-    if len(purpose) > PURPOSE_MAX:
-        raise InputError(
-            f"purpose is {len(purpose)} characters long; at most {PURPOSE_MAX}: "
-            "give the request number or case id and a few words"
-        )
-    bad = next((c for c in purpose if _unprintable(c)), None)
-    if bad is not None:
-        raise InputError(
-            f"purpose holds the control or invisible character U+{ord(bad):04X}; "
-            "write it as one line of plain text"
-        )
-    return purpose
-
-
-def _unprintable(c: str) -> bool:
-    return unicodedata.category(c) in _UNPRINTABLE
+    return check_text(
+        text,
+        "purpose",
+        PURPOSE_MAX,
+        missing="give a purpose: why the recordings are needed "
+        "(e.g. a disclosure request number or a case id)",
+        hint="give the request number or case id and a few words",
+    )
 
 
 def purpose_text(kind: str, detail: str | None = None) -> str:

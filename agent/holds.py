@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import schema
+from agent._text import check_text
 from agent.records import check_id
 from agent.roles import Actor, require
 from hashing.entries import Entry
@@ -35,12 +36,12 @@ _SHA = "json_extract(CAST(data AS TEXT), '$.body.sha256')"
 
 def check_note(text: str | None) -> str:
     """A note is required (why, in a sentence or a reference) and printable."""
-    if text is None or not text.strip():
-        raise InputError("give a --note: why (e.g. the complaint's reference or what happened)")
-    note = text.strip()
-    if len(note) > NOTE_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in note):
-        raise InputError(f"note: at most {NOTE_MAX} printable characters, one line")
-    return note
+    return check_text(
+        text,
+        "note",
+        NOTE_MAX,
+        missing="give a --note: why (e.g. the complaint's reference or what happened)",
+    )
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ from functools import cached_property
 from itertools import chain
 from typing import Any
 
+from agent._text import check_text
 from agent.access import PLAY, access_records
 from agent.records import check_id
 from agent.roles import ScopedActor, require
@@ -768,15 +769,6 @@ def review(station: Station) -> Review:
 # --- acting: draw and record findings ----------------------------------------------
 
 
-def _check_text(text: str | None, what: str, limit: int) -> str:
-    value = (text or "").strip()
-    if len(value) > limit or any(
-        (ord(c) < 0x20 and c not in "\n\t") or ord(c) == 0x7F for c in value
-    ):
-        raise InputError(f"{what}: at most {limit} printable characters")
-    return value
-
-
 def draw(
     station: Station, user: ScopedActor, criteria: Criteria, *, redraw_reason: str | None = None
 ) -> Entry:
@@ -789,7 +781,7 @@ def draw(
     no recording matches (nothing is written then).
     """
     require(user, "spotcheck")
-    reason = _check_text(redraw_reason, "--redraw-reason", REASON_MAX) or None
+    reason = check_text(redraw_reason, "--redraw-reason", REASON_MAX, lines=True) or None
     with station.ledger.transaction() as tx:
         earlier = [r for r in requests_in(station) if r.criteria.overlaps(criteria)]
         if earlier and reason is None:
@@ -865,7 +857,7 @@ def record_finding(
     require(user, "spotcheck")
     if result not in RESULTS:
         raise InputError(f"--result {result!r}: one of {', '.join(RESULTS)}")
-    text = _check_text(note, "--note", NOTE_MAX)
+    text = check_text(note, "--note", NOTE_MAX, lines=True)
     if result in NOTE_REQUIRED and not text:
         raise InputError(f"--result {result} needs --note TEXT saying what the recording shows")
     with station.ledger.transaction() as tx:
