@@ -17,14 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 
 from agent import config, records, schema, uplink, wiring
 from agent.commands import (
     access as access_commands,
 )
-from agent.commands import console_actor, open_station, station_home
+from agent.commands import console_actor, open_station, station_home, zoned_time
 from agent.commands import (
     exports as export_commands,
 )
@@ -226,23 +225,15 @@ def cmd_device_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _utc(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise InputError(f"{text!r}: not a time; use e.g. 2026-11-27T08:00:00+08:00") from e
-    if when.tzinfo is None:
-        raise InputError(f"{text!r}: give the time zone, e.g. +08:00 or Z")
-    return when
-
-
 def cmd_tag(args: argparse.Namespace) -> int:
     station = _station_with_records(args)
     files = list(args.sha256 or [])
     if args.device:
         if not (args.start and args.end):
             raise InputError("--device needs --from and --to")
-        files += records.files_by_device(station, args.device, _utc(args.start), _utc(args.end))
+        files += records.files_by_device(
+            station, args.device, zoned_time(args.start, "--from"), zoned_time(args.end, "--to")
+        )
         if not files:
             raise InputError(f"no recordings of {args.device} between {args.start} and {args.end}")
     entry = records.tag(

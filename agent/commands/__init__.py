@@ -19,12 +19,14 @@ import getpass
 import os
 import pwd
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeAlias
 
 from agent import config
 from agent.roles import require
 from agent.users import CONSOLE, LoginError, User, Users
+from hashing.errors import InputError
 from hashing.station import Station
 
 Handler = Callable[[argparse.Namespace], int]
@@ -132,3 +134,18 @@ def period_options(p: argparse.ArgumentParser, *, required: bool) -> None:
         metavar="OFFSET",
         help="zone of dates and of times without one, e.g. +08:00 (default: [offload] utc_offset_minutes)",
     )
+
+
+def zoned_time(text: str, option: str) -> datetime:
+    """An RFC 3339 time with its zone, as an option gives it. Raises InputError
+    naming the option when it is not a time or lacks the zone (a time without
+    one would silently mean the machine's)."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise InputError(
+            f"{option} {text!r}: not a time; use e.g. 2026-03-02T08:00:00+08:00"
+        ) from e
+    if when.tzinfo is None:
+        raise InputError(f"{option} {text!r}: give the time zone, e.g. +08:00 or Z")
+    return when

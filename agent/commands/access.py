@@ -43,6 +43,7 @@ from agent.commands import (
     add_user_options,
     command_group,
     open_station,
+    zoned_time,
 )
 from hashing.entries import HEX64_RE
 from hashing.errors import InputError
@@ -100,17 +101,7 @@ def register(sub: Subparsers, add: Add) -> None:
 
 
 def _when(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise InputError(
-            f"{option} {text!r}: not a time; use e.g. 2026-03-02T08:00:00+08:00"
-        ) from e
-    if when.tzinfo is None:
-        raise InputError(f"{option} {text!r}: give the time zone, e.g. +08:00 or Z")
-    return when
+    return None if text is None else zoned_time(text, option)
 
 
 def _digest(text: str, option: str) -> str:
