@@ -73,7 +73,7 @@ from agent.story import (
     UNDECODABLE,
 )
 from hashing._fsutil import make_private_dir, write_atomic
-from hashing.entries import HEX64_RE, INGEST, Entry
+from hashing.entries import HEX64_RE, INGEST, parse_time
 from hashing.errors import EvidockError, InputError
 from hashing.retention import PURGE, parse_when
 from hashing.station import Station
@@ -199,10 +199,6 @@ def _offset(tz: timezone) -> str:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def _entry_time(entry: Entry) -> datetime:
-    return datetime.fromisoformat(entry.time[:-1] + "+00:00")
-
-
 # --- what the ledger says, read once -----------------------------------------------
 
 
@@ -317,7 +313,7 @@ def load_facts(station: Station) -> Facts:
     for e in ledger.entries_of_type(DEVICE_ASSIGN):
         officer = e.body.get("officer")
         facts.assigns.setdefault(str(e.body.get("serial")), []).append(
-            (e.seq, _entry_time(e), None if officer is None else str(officer))
+            (e.seq, parse_time(e.time), None if officer is None else str(officer))
         )
     for e in ledger.entries_of_type(OFFLOAD_SESSION):
         b = e.body
@@ -326,7 +322,7 @@ def load_facts(station: Station) -> Facts:
                 seq=e.seq,
                 device=None if b.get("device") is None else str(b["device"]),
                 officer=None if b.get("officer") is None else str(b["officer"]),
-                started=parse_when(b.get("started")) or _entry_time(e),
+                started=parse_when(b.get("started")) or parse_time(e.time),
                 failed=_int(b.get("failed")),
                 refused=_int(b.get("refused")),
                 new=_int(b.get("new")),
@@ -344,7 +340,7 @@ def load_facts(station: Station) -> Facts:
             elif (device, text) in by_path:
                 named.append(by_path[(device, text)])
         kind = str(b.get("kind"))
-        when = _entry_time(e)
+        when = parse_time(e.time)
         if kind == TIME_GAP:
             when = parse_when(b.get("gap_from")) or when
         elif kind == MISSING_CLIP_NUMBERS and named:
@@ -363,14 +359,14 @@ def load_facts(station: Station) -> Facts:
     for e in ledger.entries_of_type(WIPE):
         b = e.body
         facts.wipes.append(
-            Event(e.seq, _entry_time(e), str(b.get("sha256")), str(b.get("device") or "-"), "")
+            Event(e.seq, parse_time(e.time), str(b.get("sha256")), str(b.get("device") or "-"), "")
         )
     for e in ledger.entries_of_type(PURGE):
         b = e.body
         facts.purges.append(
             Event(
                 e.seq,
-                _entry_time(e),
+                parse_time(e.time),
                 str(b.get("sha256")),
                 str(b.get("class") or "-"),
                 f"kept until {b.get('keep_until')}",
@@ -382,7 +378,7 @@ def load_facts(station: Station) -> Facts:
                 facts.scrub_failures.append(
                     Event(
                         e.seq,
-                        _entry_time(e),
+                        parse_time(e.time),
                         str(failure.get("sha256")),
                         str(failure.get("finding") or "-"),
                         str(failure.get("detail") or ""),
@@ -393,7 +389,7 @@ def load_facts(station: Station) -> Facts:
         facts.findings.append(
             Event(
                 e.seq,
-                _entry_time(e),
+                parse_time(e.time),
                 str(b.get("sha256")),
                 str(b.get("result")),
                 f"draw {b.get('draw')}, by {b.get('by')}: {b.get('note') or ''}",
