@@ -34,9 +34,7 @@ Decisions recorded here:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import re
@@ -48,6 +46,7 @@ from typing import Any
 
 import jinja2
 
+from agent._csv import csv_text
 from agent.exports import check_new_path, export, purged
 from agent.roles import ScopedActor, require
 from hashing.bundle import ARCHIVE, DIR_MODE, TAG, Selection, restrict_modes
@@ -62,8 +61,6 @@ UNCASED = "_uncased"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _YEAR = re.compile(r"(\d{4})-\d{2}-\d{2}T")
 SLUG_MAX = 48
-# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -255,11 +252,6 @@ def _status(row: CaseArchive) -> str:
     return "; ".join(parts)
 
 
-def _safe_cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA) else text
-
-
 def _write_index(
     station: Station,
     user: ScopedActor,
@@ -291,36 +283,32 @@ def _write_index(
     (out / "index.json").write_text(
         json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(
-        [
-            "case",
-            "folder",
-            "files",
-            "bytes",
-            "first_recording",
-            "last_recording",
-            "export_entry",
-            "checkpoint_size",
-            "status",
-        ]
+    header = (
+        "case",
+        "folder",
+        "files",
+        "bytes",
+        "first_recording",
+        "last_recording",
+        "export_entry",
+        "checkpoint_size",
+        "status",
     )
-    for r in rows:
-        writer.writerow(
-            [
-                _safe_cell(r.case if r.case is not None else "(no case)"),
-                _safe_cell(r.folder),
-                r.files,
-                r.bytes,
-                _safe_cell(r.first_recording),
-                _safe_cell(r.last_recording),
-                _safe_cell(r.export_entry),
-                _safe_cell(r.checkpoint_size),
-                _safe_cell(_status(r)),
-            ]
+    table = [
+        (
+            r.case if r.case is not None else "(no case)",
+            r.folder,
+            r.files,
+            r.bytes,
+            r.first_recording,
+            r.last_recording,
+            r.export_entry,
+            r.checkpoint_size,
+            _status(r),
         )
-    (out / "index.csv").write_text(buf.getvalue(), encoding="utf-8")
+        for r in rows
+    ]
+    (out / "index.csv").write_text(csv_text(header, table), encoding="utf-8")
     (out / "index.html").write_text(_INDEX.render(index=index), encoding="utf-8")
     for name in ("index.json", "index.csv", "index.html"):
         restrict_modes(out / name, files=False)

@@ -39,9 +39,7 @@ cannot be made.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import re
 import shutil
@@ -59,6 +57,7 @@ from typing import Any
 import jinja2
 
 from agent import config
+from agent._csv import csv_text
 from agent.access import AccessRecord, access_records
 from agent.records import ANOMALY, DEVICE_ASSIGN, OFFLOAD_SESSION, TAG, WIPE
 from agent.spotcheck import FINDING, RESULTS, recording_time
@@ -109,7 +108,6 @@ STAT_COLUMNS = (
 CONDUCT_COLUMNS = ("officer", "section", "key", "metric", "value", "entries", "detail")
 _CLASS_RANK = {"routine": 0, "evidence": 1, "long-term": 2}
 # OWASP "CSV injection": a spreadsheet runs a cell starting with these as a formula.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _TZ = re.compile(r"([+-])(\d{2}):?(\d{2})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -725,26 +723,6 @@ def _access(
 
 def _local(when: datetime, tz: timezone) -> str:
     return when.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-
-
-# --- CSV --------------------------------------------------------------------------
-
-
-def safe_cell(value: object) -> object:
-    """A cell as written: text starting like a formula gets a leading apostrophe."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """RFC 4180 (CRLF, quoting by the csv module) with formula-safe cells."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([safe_cell(h) for h in header])
-    for row in rows:
-        writer.writerow(["" if v is None else safe_cell(v) for v in row])
-    return out.getvalue()
 
 
 def conduct_rows(report: Conduct) -> list[tuple[object, ...]]:

@@ -18,6 +18,7 @@ from datetime import timezone
 from pathlib import Path
 
 from agent import spotcheck
+from agent._csv import csv_text
 from agent.commands import (
     Add,
     Subparsers,
@@ -27,7 +28,7 @@ from agent.commands import (
     open_station,
     period_options,
 )
-from agent.reports import Period, csv_text, default_tz, parse_bound, parse_tz
+from agent.reports import Period, default_tz, parse_bound, parse_tz
 from hashing.errors import EvidockError, InputError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE
 from hashing.verify import read_key

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent import records, reports, spotcheck
+from agent._csv import csv_text, safe_cell
 from agent.access import record_access
 from agent.copier import open_source
 from agent.ingest import Binding, Source, commit, copy_to_staging
@@ -339,7 +340,7 @@ def test_conduct_numbers_name_their_entries(world: World) -> None:
     period = world.period()
     now = world.day(0, 12)
     report = reports.conduct(facts, OFFICER_A, period, not_docked_days=3, now=now)
-    rows = rows_of(reports.csv_text(reports.CONDUCT_COLUMNS, reports.conduct_rows(report)))
+    rows = rows_of(csv_text(reports.CONDUCT_COLUMNS, reports.conduct_rows(report)))
     seq_of = {sha: facts.recordings[sha].seq for sha in world.a}
     a1, a2, a3 = (seq_of[s] for s in world.a)
     summary = period.label
@@ -459,8 +460,8 @@ def test_csv_cells_cannot_become_formulas(world: World) -> None:
     cells = [c for row in parsed for c in row]
     assert "'=cmd|' /C calc'!A0" in cells
     assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
-    assert reports.safe_cell("-1") == "'-1"
-    assert reports.safe_cell(-1) == -1
+    assert safe_cell("-1") == "'-1"
+    assert safe_cell(-1) == -1
     assert text.endswith("\r\n")
 
 
