@@ -764,8 +764,7 @@ class Kiosk:
             return Response(status_code=403)
         path = self.thumbs / f"{sha}.jpg"  # built from a checked digest, never from the URL
         # A purged recording shows nothing of itself any more (Art. 16); its entries remain.
-        purged = await run_in_threadpool(access.purge_entry, self.station, sha)
-        if not path.is_file() or purged is not None:
+        if not path.is_file() or await run_in_threadpool(self.catalog.purged, sha):
             return Response(status_code=404)
         # no-store: the kiosk's browser is shared, and a cached still would go out to
         # the next user with no request and so no entry.

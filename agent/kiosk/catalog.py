@@ -121,6 +121,8 @@ class Catalog:
         self._outbox: sqlite3.Connection | None = None
         self._kinds: OrderedDict[tuple[str | None, str], str | None] = OrderedDict()
         self._uploads: dict[str, tuple[float, DeviceUploads]] = {}
+        self._purged: set[str] = set()
+        self._purged_through = -1  # the last ``purge`` entry read into _purged
 
     def close(self) -> None:
         with self._lock:
@@ -131,6 +133,22 @@ class Catalog:
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._ledger.execute(sql, tuple(params)).fetchall()
+
+    def purged(self, sha256: str) -> bool:
+        """Whether a ``purge`` entry names ``sha256``. Entries are append-only, so each
+        call reads only the purge entries written since the last (by the type index),
+        not all of them for every thumbnail."""
+        with self._lock:
+            rows = self._ledger.execute(
+                "SELECT seq, data FROM entries WHERE type = 'purge' AND seq > ? ORDER BY seq",
+                (self._purged_through,),
+            ).fetchall()
+            for seq, data in rows:
+                named = (json.loads(bytes(data)).get("body") or {}).get("sha256")
+                if isinstance(named, str):
+                    self._purged.add(named)
+                self._purged_through = int(seq)
+            return sha256 in self._purged
 
     # -- recordings ------------------------------------------------------------------
 
