@@ -620,10 +620,6 @@ class Judge:
                 found |= self._case_holds.get(case, set())
         return tuple(sorted(found))
 
-    def active_holds(self) -> dict[int, tuple[frozenset[str], str | None]]:
-        """Unreleased holds: seq -> (files, case)."""
-        return {seq: (h.files, h.case) for seq, h in self._holds.items()}
-
     def standing(self, sha256: str) -> Standing | None:
         record = self._records.get(sha256)
         if record is None:
