@@ -106,19 +106,18 @@ def _releases(entries: Iterable[Entry]) -> tuple[dict[int, Entry], dict[int, lis
     return accepted, refused
 
 
-def _release_entries(conn: sqlite3.Connection) -> list[Entry]:
-    rows = conn.execute(
-        "SELECT data FROM entries WHERE type IN (?, ?) ORDER BY seq", (USER, HOLD_RELEASE)
-    ).fetchall()
+# The ``user`` and ``hold_release`` entries in ledger order: what _releases reads.
+_RELEASES_SQL = "SELECT data FROM entries WHERE type IN (?, ?) ORDER BY seq"
+
+
+def _release_entries(rows: Iterable[tuple[Any, ...]]) -> list[Entry]:
     return [Entry.parse(bytes(data)) for (data,) in rows]
 
 
 def holds(station: Station) -> list[Hold]:
     """Every hold in ledger order, with the release that counts, if any."""
-    merged = sorted(
-        [*_entries(station, USER), *_entries(station, HOLD_RELEASE)], key=lambda e: e.seq
-    )
-    releases, refused = _releases(merged)
+    rows = station.ledger.execute(_RELEASES_SQL, (USER, HOLD_RELEASE))
+    releases, refused = _releases(_release_entries(rows))
     found = []
     for entry in _entries(station, HOLD):
         body = entry.body
@@ -238,7 +237,9 @@ def release_hold(station: Station, user: Actor, hold_seq: int, note: str) -> Ent
             raise InputError(
                 f"entry {hold_seq} is not a hold; see `evidock hold list` for the holds"
             )
-        released = _releases(_release_entries(tx.conn))[0].get(hold_seq)
+        released = _releases(
+            _release_entries(tx.conn.execute(_RELEASES_SQL, (USER, HOLD_RELEASE)))
+        )[0].get(hold_seq)
         if released is not None:
             raise InputError(
                 f"hold {hold_seq} was already released (entry {released.seq}); nothing to do"
