@@ -35,7 +35,7 @@ from agent import config
 from hashing._fsutil import fsync_dir
 from hashing.digest import digest_file
 from hashing.entries import HEX64_RE, clock_reading
-from hashing.errors import ConfigError, InputError, IntegrityError
+from hashing.errors import ConfigError, IntegrityError
 from hashing.note import NoteVerifier
 from hashing.retention import (
     HOLD,
@@ -55,6 +55,7 @@ from hashing.retention import (
     rfc3339,
 )
 from hashing.station import Station
+from uploader import sender
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def policy_from_config(cfg: config.Config) -> Policy:
 def parse_platform_keys(values: Iterable[str], where: str) -> tuple[NoteVerifier, ...]:
     """Platform receipt verifier keys: each value holds keys separated by spaces or
     commas, or names a file holding them. Raises ConfigError naming ``where``."""
-    keys = []
+    keys: list[NoteVerifier] = []
     for value in values:
         text = value
         if "+" not in value and Path(value).is_file():
@@ -102,20 +103,16 @@ def parse_platform_keys(values: Iterable[str], where: str) -> tuple[NoteVerifier
                 text = Path(value).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"{where} {value!r}: cannot read it: {e}") from e
-        for part in text.replace(",", " ").split():
-            try:
-                keys.append(NoteVerifier.parse(part))
-            except InputError as e:
-                raise ConfigError(
-                    f"{where} {part!r}: {e}; give the platform's receipt key as printed by "
-                    "`evidock receive --show-key`"
-                ) from e
+        keys += sender.parse_platform_keys(text, where)
     return tuple(keys)
 
 
 def platform_keys_from_config(cfg: config.Config) -> tuple[NoteVerifier, ...]:
-    """``[upload] platform_key``: the keys the platform signs receipts with."""
-    return parse_platform_keys([str(cfg.get("upload", "platform_key"))], "[upload] platform_key")
+    """``[upload] platform_key``: the keys the platform signs receipts with (read as
+    the uploader reads them)."""
+    return sender.parse_platform_keys(
+        str(cfg.get("upload", "platform_key")), "[upload] platform_key"
+    )
 
 
 def _keys(platform_keys: Keys) -> tuple[NoteVerifier, ...]:

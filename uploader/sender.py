@@ -101,6 +101,21 @@ NO_CAP = Bandwidth(0, (), 480)
 Key = tuple[str, str, int]  # (file id or "", command kind, offset or tree size)
 
 
+def parse_platform_keys(text: str, where: str) -> tuple[NoteVerifier, ...]:
+    """The platform's receipt verifier keys, separated by spaces or commas (a platform
+    rotating its key lists the old and the new). Raises ConfigError naming ``where``."""
+    keys = []
+    for part in text.replace(",", " ").split():
+        try:
+            keys.append(NoteVerifier.parse(part))
+        except InputError as e:
+            raise ConfigError(
+                f"{where} {part!r}: {e}; give the platform's receipt key as printed by "
+                "`evidock receive --show-key`"
+            ) from e
+    return tuple(keys)
+
+
 @dataclass(frozen=True)
 class UploadSettings:
     """``[upload]`` (config/evidock.toml documents each)."""
@@ -133,12 +148,7 @@ class UploadSettings:
         ``platform_key`` may hold several verifier keys separated by spaces or
         commas (a platform rotating its key). Raises ConfigError.
         """
-        keys = []
-        for text in str(upload.get("platform_key", "")).replace(",", " ").split():
-            try:
-                keys.append(NoteVerifier.parse(text))
-            except InputError as e:
-                raise ConfigError(f"[upload] platform_key: {e}") from e
+        keys = parse_platform_keys(str(upload.get("platform_key", "")), "[upload] platform_key")
         bandwidth = Bandwidth(
             int(upload.get("bandwidth_bytes_per_s", 0)),
             parse_schedule(upload.get("schedule", [])),
@@ -149,7 +159,7 @@ class UploadSettings:
             segment_bytes=int(upload.get("segment_bytes", 1 << 20)),
             window_segments=int(upload.get("window_segments", 32)),
             bandwidth=bandwidth,
-            platform_keys=tuple(keys),
+            platform_keys=keys,
             segments_ttl_s=int(upload.get("segments_ttl_s", 86400)),
             result_timeout_s=float(upload.get("result_timeout_s", 30)),
             receipt_timeout_s=float(upload.get("receipt_timeout_s", 120)),
