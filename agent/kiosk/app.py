@@ -336,6 +336,19 @@ class Kiosk:
     async def form(self, request: Request) -> FormData:
         return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
 
+    async def logged_in_post(
+        self, request: Request
+    ) -> tuple[tuple[User, Session], FormData] | Response:
+        """A form posted by a logged-in user, from this page, with their session's
+        token; else the 403 page to answer with."""
+        who = await run_in_threadpool(self.who, request)
+        form = await self.form(request)
+        if who is None:
+            return self.error(request, 403, "error.login_needed")
+        if not self.same_origin(request) or not _token_ok(form, who[1]):
+            return self.error(request, 403, "error.csrf", who)
+        return who, form
+
     def same_origin(self, request: Request) -> bool:
         """A browser says where a POST comes from; another site's is refused (on top of
         the token). Sec-Fetch-Site is always sent by current browsers; Origin is
@@ -469,12 +482,10 @@ class Kiosk:
         )
 
     async def set_purpose(self, request: Request) -> Response:
-        who = await run_in_threadpool(self.who, request)
-        form = await self.form(request)
-        if who is None:
-            return self.error(request, 403, "error.login_needed")
-        if not self.same_origin(request) or not _token_ok(form, who[1]):
-            return self.error(request, 403, "error.csrf", who)
+        posted = await self.logged_in_post(request)
+        if isinstance(posted, Response):
+            return posted
+        who, form = posted
         if not self.may_see(who[0]):
             return self.error(request, 403, "error.forbidden", who)
         kind, detail = str(form.get("kind", "")), str(form.get("detail", ""))
@@ -671,12 +682,10 @@ class Kiosk:
         )
 
     async def tag(self, request: Request) -> Response:
-        who = await run_in_threadpool(self.who, request)
-        form = await self.form(request)
-        if who is None:
-            return self.error(request, 403, "error.login_needed")
-        if not self.same_origin(request) or not _token_ok(form, who[1]):
-            return self.error(request, 403, "error.csrf", who)
+        posted = await self.logged_in_post(request)
+        if isinstance(posted, Response):
+            return posted
+        who, form = posted
         user = who[0]
         if not can(user.role, "tag"):
             log.warning("user %s (%s) tried to tag; refused", user.name, user.role)
