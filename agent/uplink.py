@@ -288,5 +288,7 @@ StationHandler = Callable[[Station, Config, argparse.Namespace], int]
 def check_sha256(text: str) -> str:
     """argparse type: a recording's digest as the ledger writes it."""
     if not protocol.SHA256_RE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a lowercase SHA-256 hex digest")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a SHA-256 digest (64 lowercase hex characters)"
+        )
     return text

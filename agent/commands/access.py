@@ -45,7 +45,7 @@ from agent.commands import (
     open_station,
     zoned_time,
 )
-from hashing.entries import HEX64_RE
+from agent.uplink import check_sha256
 from hashing.errors import InputError
 from hashing.findings import EXIT_OK
 
@@ -68,7 +68,9 @@ def register(sub: Subparsers, add: Add) -> None:
         access,
     )
     p.add_argument("--user", metavar="U", help="only what user U did")
-    p.add_argument("--file", metavar="SHA256", help="only accesses to this recording")
+    p.add_argument(
+        "--file", type=check_sha256, metavar="SHA256", help="only accesses to this recording"
+    )
     p.add_argument(
         "--from",
         dest="start",
@@ -84,7 +86,7 @@ def register(sub: Subparsers, add: Add) -> None:
         cmd_play,
         "play a stored recording for a stated purpose; the playback is a ledger entry first",
     )
-    p.add_argument("sha256", metavar="SHA256")
+    p.add_argument("sha256", type=check_sha256, metavar="SHA256")
     p.add_argument(
         "--purpose",
         required=True,
@@ -104,20 +106,13 @@ def _when(text: str | None, option: str) -> datetime | None:
     return None if text is None else zoned_time(text, option)
 
 
-def _digest(text: str, option: str) -> str:
-    if HEX64_RE.fullmatch(text) is None:
-        raise InputError(f"{option} {text!r}: not a SHA-256 digest (64 lower-case hex characters)")
-    return text
-
-
 def cmd_access_log(args: argparse.Namespace) -> int:
     station = open_station(args)
     start, end = _when(args.start, "--from"), _when(args.end, "--to")
     if start is not None and end is not None and end <= start:
         raise InputError(f"--to {args.end} is not after --from {args.start}")
-    sha = _digest(args.file, "--file") if args.file is not None else None
     acting_user(args, station, "view_access_log")
-    records = access_log(station, user=args.user, sha256=sha, start=start, end=end)
+    records = access_log(station, user=args.user, sha256=args.file, start=start, end=end)
     if args.json:
         print(json.dumps([_as_json(r) for r in records], ensure_ascii=False, indent=1))
     else:
@@ -169,7 +164,7 @@ def player_command(option: str | None) -> list[str]:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    sha = _digest(args.sha256, "SHA256")
+    sha: str = args.sha256
     purpose = check_purpose(args.purpose)
     player = player_command(args.player)
     station = open_station(args)

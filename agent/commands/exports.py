@@ -25,13 +25,14 @@ from agent.archive import archive
 from agent.commands import Add, Subparsers, acting_user, add_user_options, open_station
 from agent.exports import check_recipient, export, export_lines
 from hashing.bundle import Selection
+from hashing.entries import HEX64_RE
 from hashing.errors import InputError
 from hashing.findings import EXIT_OK
 
 
 def _digests(values: list[str] | None) -> tuple[str, ...]:
     digests = tuple(v.lower() for v in values or ())
-    bad = [v for v in digests if len(v) != 64 or any(c not in "0123456789abcdef" for c in v)]
+    bad = [v for v in digests if not HEX64_RE.fullmatch(v)]
     if bad:
         raise InputError(f"--sha256 {bad[0]!r}: give the recording's 64-hex-digit SHA-256")
     return digests
