@@ -199,7 +199,7 @@ def _ip_address(value: Any) -> str | None:
     return None
 
 
-# (section, key) -> rule. The wipe policies are agent.offload.WIPE_POLICIES (a
+# (section, key) -> rule. The wipe policies are agent.offload.session.WIPE_POLICIES (a
 # test keeps the two equal; importing the offload machinery here would make
 # reading the config file pull in the media probe).
 RULES: dict[tuple[str, str], Rule] = {
@@ -456,7 +456,7 @@ def _deeper(cfg: Config, skip: set[str | None]) -> Iterator[tuple[str, str | Non
     """(section, key, message) for what the parts that use the settings refuse.
     Sections that already have a problem are left out (one cause, one report)."""
     # Imported here: these parts import this module, and most commands never check.
-    from agent import uplink  # noqa: PLC0415
+    from agent.dock import uplink  # noqa: PLC0415
     from drivers.usb_storage import MatchRule  # noqa: PLC0415
 
     def tidy(

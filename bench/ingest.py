@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.ingest import Binding, IngestResult, ingest_paths
+from agent.offload.ingest import Binding, IngestResult, ingest_paths
 from bench._report import Row, Section, median, size_text
 from bench._report import mb_per_s as rate
 from bench._report import seconds_list as secs

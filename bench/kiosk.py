@@ -61,8 +61,9 @@ def _serial(i: int) -> str:
 def build(home: Path, recordings: int) -> None:
     """A station with ``recordings`` ingest entries (and their index rows), tags,
     anomalies, an outbox, a few thumbnails and a supervisor."""
-    from agent import records, schema  # noqa: PLC0415 - heavy; only when the benchmark runs
-    from agent.users import UserPolicy, Users  # noqa: PLC0415
+    from agent.records import index as schema  # noqa: PLC0415
+    from agent.records import registry as records  # noqa: PLC0415 - heavy; only when the benchmark runs
+    from agent.users.accounts import UserPolicy, Users  # noqa: PLC0415
     from hashing.entries import build_entry, clock_reading  # noqa: PLC0415
     from hashing.station import Station  # noqa: PLC0415
     from uploader.outbox import Outbox  # noqa: PLC0415
@@ -242,7 +243,7 @@ def serve(home: Path, static: Path) -> int:
 
     from agent.kiosk.app import KioskSettings, create_app  # noqa: PLC0415
     from agent.kiosk.server import KioskServer  # noqa: PLC0415
-    from agent.users import Users  # noqa: PLC0415
+    from agent.users.accounts import Users  # noqa: PLC0415
     from hashing.station import Station  # noqa: PLC0415
 
     logging.basicConfig(level=logging.ERROR)  # the table is the output, not the server's log

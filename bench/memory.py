@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from agent.ingest import Binding, IngestResult, ingest_paths
+from agent.offload.ingest import Binding, IngestResult, ingest_paths
 from bench._report import Row, Section, size_text
 from bench._system import child_peak_mb, drop_from_cache, random_file
 from hashing.station import Station

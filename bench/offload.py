@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.offload import OffloadPolicy, OffloadSession, SessionSummary
+from agent.offload.session import OffloadPolicy, OffloadSession, SessionSummary
 from bench._report import MIB, Row, Section, median, size_text
 from bench._system import child_peak_mb, drop_from_cache, random_file
 from drivers.mounted import MountedDriver, mounted_device

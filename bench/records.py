@@ -80,8 +80,8 @@ def _receipt_all(station: Any, platform: Any) -> None:
 
 
 def ledger_jobs(home: Path, recordings: int, rounds: int) -> Section:
-    from agent import reports, retention, spotcheck  # noqa: PLC0415
-    from agent.users import Users  # noqa: PLC0415
+    from agent.records import reports, retention, spotcheck  # noqa: PLC0415
+    from agent.users.accounts import Users  # noqa: PLC0415
     from hashing.note import NoteSigner  # noqa: PLC0415
     from hashing.retention import Policy  # noqa: PLC0415
     from hashing.station import Station  # noqa: PLC0415
@@ -165,8 +165,8 @@ def _drop_cache(paths: list[Path]) -> None:
 def scrub(work: Path, *, total: int, count: int, rounds: int) -> Section:
     import shutil  # noqa: PLC0415
 
-    from agent.ingest import Binding, ingest_paths  # noqa: PLC0415
-    from agent.scrub import scrub as run_scrub  # noqa: PLC0415
+    from agent.offload.ingest import Binding, ingest_paths  # noqa: PLC0415
+    from agent.records.scrub import scrub as run_scrub  # noqa: PLC0415
     from hashing.station import Station  # noqa: PLC0415
 
     shutil.rmtree(work, ignore_errors=True)

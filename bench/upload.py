@@ -31,17 +31,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.copier import CopyResult
-from agent.ingest import Binding, Source, commit
-from agent.localbroker import Broker, make_pki
+from agent.demo.localbroker import Broker, make_pki
+from agent.offload.copier import CopyResult
+from agent.offload.ingest import Binding, Source, commit
 from bench._report import GIB, MIB, Row, Section, size_text
 from bench._system import child_peak_mb, random_file
 from hashing.digest import digest_file
 from hashing.note import NoteVerifier
 from hashing.station import Station
+from receiver.service import CHECKPOINT_FILTER, Receiver, ReceiverSettings, serve
 from uploader import link, protocol
 from uploader.link import MqttSettings
-from uploader.receiver import CHECKPOINT_FILTER, Receiver, ReceiverSettings, serve
 from uploader.sender import Uploader, UploadSettings
 
 STATION = "bench-up"
@@ -90,7 +90,7 @@ def _station(home: Path, files: list[Path], *, adopt: bool) -> Station:
             source = Source(None, str(path).encode(), st.st_size, st.st_mtime_ns)
             commit(station, path, copy, source, Binding(device="BENCH0001"))
         else:
-            from agent.ingest import ingest_paths  # noqa: PLC0415
+            from agent.offload.ingest import ingest_paths  # noqa: PLC0415
 
             list(ingest_paths(station, [path], Binding(device="BENCH0001")))
     station.checkpoint()

@@ -86,7 +86,7 @@ def make_clips(folder: Path, count: int = 3, seconds: int = 4) -> list[Path]:
     ]
 
 
-STATION_TIME = timezone(timedelta(hours=8))  # China Standard Time, as agent.story assumes
+STATION_TIME = timezone(timedelta(hours=8))  # China Standard Time, as agent.offload.story assumes
 
 
 @dataclass(frozen=True)

@@ -405,7 +405,7 @@ def _check_store(
             gone(sha, entry, verdict)
             continue
         if verdict is not None and verdict.lawful:
-            # A crash between the purge entry and the unlink (agent.retention
+            # A crash between the purge entry and the unlink (agent.records.retention
             # appends first): not a failure; the next retention run finishes it.
             counts["unfinished"] += 1
         if got.sha256_hex == sha and got.size == entry.body.get("size"):

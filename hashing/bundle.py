@@ -30,7 +30,7 @@ disclosure carries is derived from it (hashing.verify.disclosure_notice) and
 checked against it by the verifier.
 
 This module takes plain strings for the requester: deciding who may export
-what is the agent's (agent.exports), not the integrity core's.
+what is the agent's (agent.records.exports), not the integrity core's.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class Request:
         }
 
 
-TAG = "tag"  # a recording bound to a case after ingest (agent.records)
+TAG = "tag"  # a recording bound to a case after ingest (agent.records.registry)
 
 
 def _case_tags(station: Station, case: str) -> list[Entry]:

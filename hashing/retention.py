@@ -2,7 +2,7 @@
 ``purge`` entry was lawful. Pure: entries in, decisions out, no files, no clock.
 
 An auditor's verifier runs this over the ledger alone (`evidock ledger verify`,
-hashing.audit); the dock's retention run (agent.retention) runs the same code
+hashing.audit); the dock's retention run (agent.records.retention) runs the same code
 before it purges, so the two cannot disagree about what is lawful.
 
 The rule, as an auditor re-implements it:
@@ -64,7 +64,7 @@ from hashing.errors import EvidockError, InputError
 from hashing.note import NoteVerifier, open_note, parse_note
 
 # Entry types this rule reads. TAG, UPLOAD_RECEIPT and USER are written by
-# agent.records, uploader.sender and agent.users; they are named here so this
+# agent.records.registry, uploader.sender and agent.users.accounts; they are named here so this
 # module imports none of them.
 INGEST = "ingest"
 TAG = "tag"
@@ -82,8 +82,8 @@ _STRENGTH = {c: i for i, c in enumerate(CLASSES)}
 EVIDENCE_PRESERVATION = "evidence_preservation"  # the act kind that makes evidence (Art. 4-5)
 # Art. 17 (1)-(4): dispute or complaint, obstruction, mass or sudden incident, other.
 HOLD_REASONS = ("dispute", "obstruction", "incident", "other")
-ADMIN = "admin"  # the role that may release a hold (agent.roles)
-CONSOLE = "console:"  # `by` of a command run on the machine (agent.users)
+ADMIN = "admin"  # the role that may release a hold (agent.users.roles)
+CONSOLE = "console:"  # `by` of a command run on the machine (agent.users.accounts)
 RECEIPT_TYPE = "evidock-receipt"  # uploader.protocol.Receipt's note text type
 _RECEIPT_FIELDS = frozenset(
     {"type", "v", "station", "sha256", "size", "seq", "stored_at", "held_size"}

@@ -7,7 +7,7 @@ the way a dock that has been running for a while holds it: the source file's
 modification time (the recording date `evidock ingest` records) is set in the
 past, and its ingest entry is dated the day it was docked, by building the
 entry with that time (hashing.entries.build_entry) and appending it with its
-index rows exactly as agent.ingest.commit does; the file is copied into the
+index rows exactly as agent.offload.ingest.commit does; the file is copied into the
 real store. No test waits a year and no clock is faked. Such a ledger's later
 entries are dated now, after its old ingests, as on a real dock; an ingest
 dated in the past *after* entries dated now is a clock regression the audit
@@ -29,9 +29,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.copier import open_source
-from agent.ingest import Binding, Source, copy_to_staging, index_ingest, raw_path_fields
-from agent.users import User, Users
+from agent.offload.copier import open_source
+from agent.offload.ingest import Binding, Source, copy_to_staging, index_ingest, raw_path_fields
+from agent.users.accounts import User, Users
 from hashing.entries import INGEST, Entry, build_entry, clock_reading
 from hashing.note import NoteSigner, open_note
 from hashing.retention import rfc3339

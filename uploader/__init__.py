@@ -1,1 +1,2 @@
-"""MQTT file-transfer client with its durable outbox, and the platform-side receiver."""
+"""The dock's MQTT file-transfer client: the wire formats, the link, the durable outbox,
+the bandwidth cap and the sender."""

@@ -49,7 +49,7 @@ from uploader.protocol import check_file_id
 
 log = logging.getLogger(__name__)
 
-TAG = "tag"  # agent.records.TAG: uploader/ may not import agent/ (design.md "The parts")
+TAG = "tag"  # agent.records.registry.TAG: uploader/ may not import agent/ (design.md "The parts")
 UPLOAD_RECEIPT = "upload_receipt"
 
 QUEUED, INITIALISED, FINISHED, RECEIPTED, FAILED = (
@@ -61,7 +61,7 @@ QUEUED, INITIALISED, FINISHED, RECEIPTED, FAILED = (
 )
 STATES = (QUEUED, INITIALISED, FINISHED, RECEIPTED, FAILED)
 SENDABLE = (QUEUED, INITIALISED)
-# Retention class (agent.records.RETENTION_CLASSES) -> priority; lower goes first.
+# Retention class (agent.records.registry.RETENTION_CLASSES) -> priority; lower goes first.
 PRIORITY = {"long-term": 0, "evidence": 1, "routine": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITY.items()}
 ROUTINE = PRIORITY["routine"]

@@ -16,13 +16,13 @@ Routes::
     GET  /purpose, POST /purpose  state (or change) why recordings are looked at
     GET  /recordings            recent recordings with thumbnails; filters; tag form
     GET  /recordings/{sha256}   one recording: facts, cases, anomalies, player
-    POST /tag                   bind recordings to a case (agent.records.tag, by the user)
+    POST /tag                   bind recordings to a case (agent.records.registry.tag, by the user)
     GET  /thumbs/{sha256}.jpg   thumbnail of a recording this session's log covers
     GET  /media/{sha256}?grant= the stored recording, with HTTP Range, for the player
     GET  /access                the access log (auditors and admins)
     GET  /static/...            CSS and script (no CDN: a kiosk has no internet)
 
-The access log (Art. 18, Art. 20 (3); agent.access): nothing of a recording
+The access log (Art. 18, Art. 20 (3); agent.records.access): nothing of a recording
 leaves the page without an ``access`` entry naming the user, their role, the
 recordings and the purpose.
 
@@ -41,13 +41,13 @@ recordings and the purpose.
   session under this purpose, and ``/thumbs`` serves only those the session's
   entries cover. Paging back, reloading and the dock screen's live updates
   (which carry no pictures) add nothing.
-- Admins see no recordings (agent.roles); officers only their own: a refused
+- Admins see no recordings (agent.users.roles); officers only their own: a refused
   request appends nothing.
 
 Threat model, and what answers it:
 
 - Cross-site request forgery: every POST carries a token. Logged-in forms
-  carry the session's CSRF token (agent.users.Session.csrf); the login and
+  carry the session's CSRF token (agent.users.accounts.Session.csrf); the login and
   language forms, which come before any session, a random double-submit
   token from an HttpOnly cookie. A POST whose Origin is another site is
   refused too, and every cookie is SameSite=Strict.
@@ -61,7 +61,7 @@ Threat model, and what answers it:
 - Reading files it should not: thumbnails and media are looked up by a
   digest that must be 64 hex characters *and* name a recording in the
   ledger; the path is built from the digest, never from the request. Roles
-  decide who may view, play and tag (agent.roles); an officer sees only
+  decide who may view, play and tag (agent.users.roles); an officer sees only
   recordings bound to their own police number. A thumbnail goes out only
   when this session's ``view`` entries cover it, the recording's bytes only
   with the player's grant (above), and a guessed or borrowed URL is 403.
@@ -71,9 +71,9 @@ Threat model, and what answers it:
   Referrer-Policy no-referrer, nosniff, no-store on pages.
 
 Every change of state a user makes is a ledger entry naming them: tagging is
-``agent.records.tag(..., by=user.name)``, as the CLI's; every look at a
-recording is an ``access`` entry (agent.access.record_access, as `evidock
-play`); logins and their failures are recorded by agent.users.
+``agent.records.registry.tag(..., by=user.name)``, as the CLI's; every look at a
+recording is an ``access`` entry (agent.records.access.record_access, as `evidock
+play`); logins and their failures are recorded by agent.users.accounts.
 """
 
 from __future__ import annotations
@@ -111,14 +111,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent import access, records, retention, schema
 from agent.kiosk import i18n
 from agent.kiosk.catalog import Catalog, Filters, is_sha256
 from agent.kiosk.grants import AccessState, Purpose
 from agent.kiosk.i18n import Translator
 from agent.kiosk.views import EMPTY_TILE, dock_view, duration_text, local_time, size_text
-from agent.roles import PermissionDeniedError, can, officer_scope
-from agent.users import LoginError, Session, User, Users
+from agent.records import access, retention
+from agent.records import index as schema
+from agent.records import registry as records
+from agent.users.accounts import LoginError, Session, User, Users
+from agent.users.roles import PermissionDeniedError, can, officer_scope
 from hashing.errors import EvidockError, InputError
 from hashing.retention import Policy
 from hashing.station import Station
@@ -294,7 +296,7 @@ class Kiosk:
         user = who[0] if who else None
         role = user.role if user else None
         purpose = self.access.purpose(who[1].token) if who else None
-        # A failed scrub (Art. 20 (2), agent.scrub) stays on every page of the people
+        # A failed scrub (Art. 20 (2), agent.records.scrub) stays on every page of the people
         # who answer for the store until a later scrub passes; it is never repaired here.
         scrub = self.catalog.last_scrub() if role and can(role, "view_devices") else None
         body = self.env.get_template(template).render(
@@ -528,7 +530,7 @@ class Kiosk:
     def log_access(
         self, user: User, action: str, files: list[str], purpose: Purpose, detail: str
     ) -> int:
-        """Append the ``access`` entry (agent.access.record_access); its seq."""
+        """Append the ``access`` entry (agent.records.access.record_access); its seq."""
         entry = access.record_access(self.station, user, action, files, purpose.text, detail=detail)
         log.info(
             "user %s: %s of %d recording(s), entry %d", user.name, action, len(files), entry.seq
@@ -540,7 +542,7 @@ class Kiosk:
     @staticmethod
     def scope(user: User) -> str | bool | None:
         """None: may view every recording; an officer id: only that officer's;
-        False: none at all (agent.roles.officer_scope)."""
+        False: none at all (agent.users.roles.officer_scope)."""
         try:
             return officer_scope(user)
         except PermissionDeniedError:

@@ -39,7 +39,7 @@ def session_key(token: str) -> str:
 
 @dataclass(frozen=True)
 class Purpose:
-    """A stated purpose: the kind chosen (agent.access.PURPOSE_KINDS), the detail
+    """A stated purpose: the kind chosen (agent.records.access.PURPOSE_KINDS), the detail
     typed, and the text the ``access`` entries carry."""
 
     kind: str

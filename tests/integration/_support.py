@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.ingest import Binding, IngestResult, ingest_paths
+from agent.offload.ingest import Binding, IngestResult, ingest_paths
 from hashing.findings import Finding, Report
 from hashing.note import NoteSigner, NoteVerifier, parse_note, sign_note
 from hashing.station import Station

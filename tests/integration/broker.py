@@ -1,4 +1,4 @@
-"""Fixtures for a real mosquitto 2.0 (agent.localbroker) with TLS, passwords and the shipped ACL.
+"""Fixtures for a real mosquitto 2.0 (agent.demo.localbroker) with TLS, passwords and the shipped ACL.
 
 evidock's uploads go through an MQTT broker it does not control, so the tests run a
 real one rather than a fake: password checks, ACL decisions, MQTT 5 reason codes,
@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from agent.localbroker import (
+from agent.demo.localbroker import (
     SHIPPED_ACL,
     SHIPPED_CONF,
     Broker,

@@ -21,7 +21,7 @@ import random
 import sys
 from pathlib import Path
 
-from agent.ingest import Binding, ingest_file
+from agent.offload.ingest import Binding, ingest_file
 from hashing.station import Station
 
 KIND = "crash_test"  # an entry type of this test; verifiers accept unknown types

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.access import ACCESS
 from agent.cli import main
-from agent.users import Users
+from agent.records.access import ACCESS
+from agent.users.accounts import Users
 from hashing.entries import parse_time
 from hashing.retention import PURGE
 from hashing.station import Station

@@ -7,8 +7,9 @@ import threading
 import time
 from pathlib import Path
 
-from agent import config, wiring
+from agent import config
 from agent.cli import main
+from agent.dock import wiring
 from drivers.demo import DemoCamera
 from hashing.audit import audit
 from hashing.station import Station
@@ -72,7 +73,7 @@ def test_stop_aborts_a_long_copy_promptly_and_loses_nothing(tmp_path: Path) -> N
     nothing half-copied is recorded, and the next docking copies it whole."""
     import os
 
-    from agent.offload import OffloadPolicy, OffloadSession
+    from agent.offload.session import OffloadPolicy, OffloadSession
     from drivers.mounted import MountedDriver, mounted_device
 
     camera = tmp_path / "cam"

@@ -1,5 +1,5 @@
 """Exports to write-once media, disclosures and the year-end archive, through the
-command line (`evidock export|disclose|archive`, agent.commands.exports).
+command line (`evidock export|disclose|archive`, agent.cli.exports).
 
 Real parts: a station on disk; users logging in with their passwords from 0600
 files; xorriso making the ISO 9660 image; the image mounted read-only (the
@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from agent.access import ACCESS
 from agent.cli import main
-from agent.exports import disc_image, volume_label
-from agent.ingest import Binding, IngestResult, ingest_paths
-from agent.users import Users
+from agent.offload.ingest import Binding, IngestResult, ingest_paths
+from agent.records.access import ACCESS
+from agent.records.exports import disc_image, volume_label
+from agent.users.accounts import Users
 from hashing.entries import EXPORT, parse_time
 from hashing.station import Station
 from hashing.verify import NOTICE, SUMMARY

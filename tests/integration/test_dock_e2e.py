@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from agent.cli import main
-from agent.offload import OffloadPolicy, OffloadSession, SessionStatus
+from agent.offload.session import OffloadPolicy, OffloadSession, SessionStatus
 from drivers.base import DeviceInfo
 from drivers.demo import STATION_TIME, DemoCamera, Gap
 from drivers.usb_storage import MatchRule, UsbStorageDriver

@@ -337,8 +337,8 @@ def test_daemon_prepares_then_offloads_the_disk_with_the_sdk_identity(
     offloaded under the identity and clock offset read before the time sync."""
     import time
 
-    from agent.daemon import Daemon
-    from agent.offload import OffloadPolicy
+    from agent.dock.daemon import Daemon
+    from agent.offload.session import OffloadPolicy
     from drivers.demo import DemoCamera
     from drivers.mounted import MountedDriver, mounted_device
     from hashing.station import Station

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ingest import Binding, IngestResult, ingest_file, ingest_paths
+from agent.offload.ingest import Binding, IngestResult, ingest_file, ingest_paths
 from hashing.audit import audit
 from hashing.errors import DeviceError, DigestMismatchError, EvidockError
 from hashing.station import Station
@@ -149,7 +149,7 @@ import os, sys
 sys.path.insert(0, {str(Path(__file__).parents[2])!r})
 from pathlib import Path
 from hashing.station import Station
-from agent.ingest import ingest_file, Binding
+from agent.offload.ingest import ingest_file, Binding
 import hashing.ledger as ledger_mod
 station = Station.open(Path({str(station.home)!r}))
 def die(*a, **k):

@@ -776,10 +776,10 @@ def test_a_grant_expires(pw: Playwright, tmp_path: Path) -> None:
     """A kiosk whose grants lapse after a second unused: the player's URL works, then
     is refused once idle; loading the page again is a new ``play`` entry and grant."""
     need_ffmpeg()
-    from agent.ingest import Binding, IngestResult, ingest_paths
     from agent.kiosk.app import KioskSettings, create_app
     from agent.kiosk.server import KioskServer
-    from agent.users import Users
+    from agent.offload.ingest import Binding, IngestResult, ingest_paths
+    from agent.users.accounts import Users
     from hashing.station import Station
 
     station = Station.init(tmp_path / "home", "dock-grant")
@@ -943,7 +943,8 @@ def _get(url: str, timeout: float = 10.0) -> Any:
 
 def test_a_taken_port_leaves_the_dock_without_its_screen_only(tmp_path: Path) -> None:
     """The kiosk is an error boundary: a port in use is logged and the daemon runs on."""
-    from agent import config, wiring
+    from agent import config
+    from agent.dock import wiring
     from hashing.station import Station
 
     station = Station.init(tmp_path / "home", "ST-1")
@@ -977,11 +978,11 @@ def test_a_failed_scrub_stays_on_screen_until_a_scrub_passes(
     """Art. 20 (2): a stored file that no longer matches its digest is an alert on every
     page of supervisors, auditors and admins (not officers) from the failing scrub
     until a later scrub passes; the kiosk only shows it and repairs nothing."""
-    from agent.ingest import Binding, IngestResult, ingest_paths
     from agent.kiosk.app import KioskSettings, create_app
     from agent.kiosk.server import KioskServer
-    from agent.scrub import scrub
-    from agent.users import Users
+    from agent.offload.ingest import Binding, IngestResult, ingest_paths
+    from agent.records.scrub import scrub
+    from agent.users.accounts import Users
     from hashing.station import Station
 
     station = Station.init(tmp_path / "home", "dock-scrub")
@@ -1038,10 +1039,10 @@ def test_thumbnails_are_not_cached_and_gone_once_purged(pw: Playwright, tmp_path
     """A still goes out only with no-store (the kiosk's browser is shared: a cached one
     would reach the next user with no request, so no entry), and not at all once its
     recording was purged (Art. 16): its entries stay, its pictures do not."""
-    from agent.ingest import Binding, IngestResult, ingest_paths
     from agent.kiosk.app import KioskSettings, create_app
     from agent.kiosk.server import KioskServer
-    from agent.users import Users
+    from agent.offload.ingest import Binding, IngestResult, ingest_paths
+    from agent.users.accounts import Users
     from hashing.retention import PURGE
     from hashing.station import Station
 

@@ -1,4 +1,4 @@
-"""The media probe (agent.probe) on real clips made by ffmpeg (testing.md, "Footage").
+"""The media probe (agent.offload.probe) on real clips made by ffmpeg (testing.md, "Footage").
 
 Every clip is made once per session; what ffmpeg was told (size, rate, length,
 codec) is what the probe must find. Damaged and hostile files are cut or forged
@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from agent import probe as probe_module
-from agent.probe import MediaFacts, ProbeLimits, probe, probe_isolated
-from agent.story import UNDECODABLE, RecordingFact, StoryPolicy, analyse
+from agent.offload import probe as probe_module
+from agent.offload.probe import MediaFacts, ProbeLimits, probe, probe_isolated
+from agent.offload.story import UNDECODABLE, RecordingFact, StoryPolicy, analyse
 from hashing import canonical
 
 FFMPEG = shutil.which("ffmpeg")
@@ -438,7 +438,7 @@ def test_probe_workers_answer_like_probe_and_survive_a_crash(tmp_path: Path) -> 
     import os
     import signal
 
-    from agent.probe import ProbeWorkers, probe
+    from agent.offload.probe import ProbeWorkers, probe
 
     clip = tmp_path / "clip.mp4"
     subprocess.run(

@@ -30,14 +30,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from hashing.note import NoteVerifier
+from receiver.service import Receiver, ReceiverSettings, serve
 from tests.integration.broker import Broker
 from tests.integration.broker import broker as _broker  # noqa: F401
 from tests.integration.broker import pki as _pki  # noqa: F401
-from tests.unit.uploader.test_receiver import Dock, random_bytes, segments_of
+from tests.unit.receiver.test_service import Dock, random_bytes, segments_of
 from uploader import link
 from uploader.link import MqttSettings
 from uploader.protocol import RC_SUCCESS, Receipt, Result, Topics
-from uploader.receiver import Receiver, ReceiverSettings, serve
 
 WAIT_S = 20.0
 SEG = 64 * 1024
@@ -237,7 +237,7 @@ import logging, sys, threading
 from pathlib import Path
 from hashing.note import NoteVerifier
 from uploader.link import MqttSettings
-from uploader.receiver import Receiver, ReceiverSettings, serve
+from receiver.service import Receiver, ReceiverSettings, serve
 
 home, vkey, port, ca, password = sys.argv[1:]
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)

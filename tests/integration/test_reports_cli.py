@@ -17,8 +17,8 @@ import pytest
 
 from agent.cli import main
 from hashing.station import Station
-from tests.unit.agent.test_reports import HOSTILE, World, build_world
-from tests.unit.agent.test_spotcheck import OFFICER_A, OFFICER_B, SECRET
+from tests.unit.agent.records.test_reports import HOSTILE, World, build_world
+from tests.unit.agent.records.test_spotcheck import OFFICER_A, OFFICER_B, SECRET
 
 
 @pytest.fixture

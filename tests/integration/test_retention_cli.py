@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 import hashing.entries
-from agent import retention
 from agent.cli import main
-from agent.roles import ADMIN, AUDITOR, OFFICER, SUPERVISOR
-from agent.users import Users
+from agent.records import retention
+from agent.users.accounts import Users
+from agent.users.roles import ADMIN, AUDITOR, OFFICER, SUPERVISOR
 from hashing.retention import HOLD, HOLD_RELEASE, PURGE, RETENTION_POLICY, Policy, rfc3339
 from hashing.station import Station
 from tests.retention_support import PLATFORM, add_user, ingest_clip, receipt, secret_file
@@ -382,7 +382,7 @@ def test_an_unsynchronised_clock_purges_nothing(
 CRASHER = textwrap.dedent(
     """
     import os, signal, sys
-    from agent import retention
+    from agent.records import retention
     from agent.cli import main
 
     def power_cut(path):
@@ -459,7 +459,7 @@ def test_scrub_records_a_flipped_byte_and_repairs_nothing(
     data[7] ^= 0xFF
     path.write_bytes(bytes(data))
     path.chmod(0o400)
-    with caplog.at_level(logging.ERROR, logger="agent.scrub"):
+    with caplog.at_level(logging.ERROR, logger="agent.records.scrub"):
         code, out, _ = dock.run("scrub", "--json")
     assert code == 1
     result = json.loads(out)

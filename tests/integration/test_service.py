@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from agent import sdnotify
-from agent.copier import copy_and_verify
-from agent.daemon import Daemon, EventSink, Watcher
-from agent.offload import OffloadPolicy
+from agent.dock import sdnotify
+from agent.dock.daemon import Daemon, EventSink, Watcher
+from agent.offload.copier import copy_and_verify
+from agent.offload.session import OffloadPolicy
 from drivers.base import Recording
 from drivers.demo import DemoCamera
 from drivers.folder import FolderDriver, FolderWatcher
@@ -405,7 +405,7 @@ def test_a_long_copy_is_alive_while_it_reads(tmp_path: Path) -> None:
     """Within one file the copy shows life by asking its stop event once per read
     (the _Pulse the daemon gives each session). A source that trickles for 3 s
     keeps the pulse fresh throughout."""
-    from agent.daemon import _Pulse
+    from agent.dock.daemon import _Pulse
 
     pulse = _Pulse()
     read_fd, write_fd = os.pipe()

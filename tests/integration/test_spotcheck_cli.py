@@ -19,13 +19,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.access import record_access
 from agent.cli import main
-from agent.users import User
+from agent.records.access import record_access
+from agent.users.accounts import User
 from hashing.checkpoint import SignedCheckpoint
 from hashing.errors import ConfigError
 from hashing.station import Station
-from tests.unit.agent.test_spotcheck import OFFICER_A, OFFICER_B, SECRET, add_users, ingest_at
+from tests.unit.agent.records.test_spotcheck import (
+    OFFICER_A,
+    OFFICER_B,
+    SECRET,
+    add_users,
+    ingest_at,
+)
 
 ROOT = Path(__file__).parents[2]
 START = datetime(2024, 5, 1, tzinfo=UTC)

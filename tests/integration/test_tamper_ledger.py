@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import hashing.audit
-from agent import holds, retention
 from agent.cli import main
-from agent.roles import SUPERVISOR
-from agent.users import Users
+from agent.records import holds, retention
+from agent.users.accounts import Users
+from agent.users.roles import SUPERVISOR
 from hashing.audit import audit
 from hashing.bundle import Request, Selection, export_bundle
 from hashing.entries import build_entry
@@ -498,7 +498,7 @@ OLD_DAYS = 500  # past a year and the 30 days' grace
 
 
 def _purge_like_the_dock(dock: Built, sha: str) -> int:
-    """A purge entry shaped as agent.retention writes it for ``sha`` (status from the
+    """A purge entry shaped as agent.records.retention writes it for ``sha`` (status from the
     rule itself), appended behind its back, and the file removed."""
     station = dock.station
     status = retention.status(station, sha, Policy(), datetime.now(UTC), PLATFORM_KEYS)

@@ -14,17 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, wiring
+from agent import config
 from agent.cli import main
+from agent.dock import wiring
 from drivers.demo import DemoCamera
 from hashing.audit import audit
 from hashing.station import Station
+from receiver.service import Receiver, ReceiverSettings
 from tests.integration._support import Built, assert_clean
 from tests.integration.broker import TEST_PASSWORDS, Broker
 from tests.integration.broker import broker as _broker  # noqa: F401
 from tests.integration.broker import pki as _pki  # noqa: F401
 from tests.integration.test_upload_e2e import STATION, Platform, receipts_of, wait_for
-from uploader.receiver import Receiver, ReceiverSettings
 
 
 def _config(tmp: Path, broker: Broker, platform_key: str, extra: str = "") -> Path:

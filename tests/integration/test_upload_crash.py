@@ -24,6 +24,8 @@ import pytest
 from hashing.audit import audit
 from hashing.note import NoteVerifier
 from hashing.station import Station
+from receiver import service as receiver_module
+from receiver.service import Receiver, ReceiverSettings
 from tests.integration._support import Built, assert_clean
 from tests.integration.broker import TEST_PASSWORDS, Broker
 from tests.integration.broker import broker as _broker  # noqa: F401
@@ -36,9 +38,7 @@ from tests.integration.test_upload_e2e import (
     start_platform,
     wait_for,
 )
-from uploader import receiver as receiver_module
 from uploader.outbox import Outbox
-from uploader.receiver import Receiver, ReceiverSettings
 from uploader.sender import Uploader, UploadSettings
 from uploader.throttle import Bandwidth
 

@@ -1,5 +1,5 @@
 """Uploads end to end: a real station uploads through a real mosquitto (TLS,
-passwords, the shipped ACL) to the real receiver (``uploader.receiver.serve``).
+passwords, the shipped ACL) to the real receiver (``receiver.service.serve``).
 
 Every file must arrive byte-exact exactly once, every receipt must be verified
 before its ``upload_receipt`` entry exists, and the ledger must still verify.
@@ -21,11 +21,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import records
-from agent.ingest import Binding
+from agent.offload.ingest import Binding
+from agent.records import registry as records
 from hashing.audit import audit
 from hashing.note import NoteSigner
 from hashing.station import Station
+from receiver.service import KEY_FILE, Receiver, ReceiverSettings, serve
 from tests.integration._support import (
     Built,
     assert_clean,
@@ -40,7 +41,6 @@ from tests.integration.broker import pki as _pki  # noqa: F401
 from uploader.link import MqttSettings
 from uploader.outbox import UPLOAD_RECEIPT
 from uploader.protocol import Receipt, Topics
-from uploader.receiver import KEY_FILE, Receiver, ReceiverSettings, serve
 from uploader.sender import Uploader, UploadSettings
 from uploader.throttle import Bandwidth
 

@@ -347,7 +347,7 @@ def test_ext4_links_fifos_and_device_nodes_are_refused_never_opened(
 
 
 def test_unplug_mid_read_fails_cleanly(tmp_path: Path, mount_root: Path) -> None:
-    from agent.copier import copy_and_verify  # the daemon's real reader
+    from agent.offload.copier import copy_and_verify  # the daemon's real reader
 
     big = os.urandom(6 << 20)
     image = exfat_image(tmp_path / "unplug.img", {b"DCIM/CLIP0001.MP4": big}, size_mb=16)

@@ -8,7 +8,7 @@ import pytest
 
 from agent import config
 from agent.cli import main
-from agent.offload import WIPE_POLICIES
+from agent.offload.session import WIPE_POLICIES
 from hashing.errors import ConfigError
 
 SHIPPED = Path(__file__).parents[3] / "config" / "evidock.toml"

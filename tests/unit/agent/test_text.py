@@ -35,7 +35,7 @@ def test_several_lines_keep_line_feeds_and_tabs_but_nothing_hidden() -> None:
 
 
 def test_hold_and_spot_check_notes_follow_the_rule() -> None:
-    from agent.holds import check_note
+    from agent.records.holds import check_note
 
     with pytest.raises(InputError, match="U\\+202E"):
         check_note("complaint \u202e811-6102")

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.records import ACT_KINDS, RETENTION_CLASSES, TAG
-from agent.roles import ADMIN as ROLES_ADMIN
-from agent.users import CONSOLE as USERS_CONSOLE
-from agent.users import USER as USERS_USER
+from agent.records.registry import ACT_KINDS, RETENTION_CLASSES, TAG
+from agent.users.accounts import CONSOLE as USERS_CONSOLE
+from agent.users.accounts import USER as USERS_USER
+from agent.users.roles import ADMIN as ROLES_ADMIN
 from hashing.errors import InputError
 from hashing.note import NoteSigner
 from hashing.retention import (

@@ -28,15 +28,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.properties import Properties
 
-from agent import records
-from agent.ingest import Binding, IngestResult, ingest_paths
+from agent.offload.ingest import Binding, IngestResult, ingest_paths
+from agent.records import registry as records
 from hashing.audit import audit
 from hashing.errors import ConfigError
 from hashing.station import Station
+from receiver.service import Receiver, ReceiverSettings
 from uploader import outbox, protocol, sender
 from uploader.link import MqttSettings
 from uploader.outbox import UPLOAD_RECEIPT
-from uploader.receiver import Receiver, ReceiverSettings
 from uploader.sender import Uploader, UploadSettings
 
 STATION = "dock-01"

@@ -1,0 +1,1 @@
+"""The kiosk's users, their roles and what each role may do."""
