@@ -1,4 +1,5 @@
-"""Free text people type into the ledger: purposes, notes, reasons.
+"""What people type into the ledger: ids (officers, serials, cases) and free text
+(purposes, notes, reasons).
 
 One rule for all of it, because an auditor reads every one of them: no control
 characters, no format characters (bidirectional embeddings and marks,
@@ -10,10 +11,12 @@ keep its line feeds and tabs.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from hashing.errors import InputError
 
+_ID = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
@@ -49,4 +52,11 @@ def check_text(
         raise InputError(
             f"{what} holds the control or invisible character U+{ord(bad):04X}; write it as {shape}"
         )
+    return value
+
+
+def check_id(value: str, what: str) -> str:
+    """Officer ids, serials and case numbers: 1-64 printable characters."""
+    if not _ID.fullmatch(value) or value != value.strip():
+        raise InputError(f"{what} {value!r}: use 1-64 printable characters, no surrounding spaces")
     return value

@@ -2,8 +2,12 @@
 
 Unknown sections and keys are errors, not silently ignored: a misspelt
 setting in an evidence system must not quietly fall back to a default.
-Values are checked here, at the edge (style.md 6); the rest of the code gets
-typed values.
+Values are checked here, at the edge (style.md 8); the rest of the code gets
+typed values. This module is a leaf: it imports no other part of the dock.
+What a part refuses beyond a value's kind and range (a USB rule, the upload
+settings, a case type) that part checks itself, with a ``check(cfg)`` that
+yields ``Problem``s; `evidock config check` collects them (``check``'s
+``parts``), so a setting is judged by the code that uses it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +106,34 @@ LANGUAGES = ("zh-CN", "en")  # the kiosk's languages; [kiosk] language picks the
 class Config:
     values: dict[str, dict[str, Any]]
     source: Path | None  # the file read, if any
+    # Where each setting is written, when read for a check.
+    lines: _Lines | None = field(default=None, compare=False, repr=False)
 
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
+
+    def problem(self, section: str, key: str | None, message: str) -> Problem:
+        """A problem with ``[section] key`` of this file, on the line it is written."""
+        line = self.lines.of(section, key) if self.lines is not None else None
+        return Problem(self.source, line, section, key, message)
+
+    def problem_from(
+        self, section: str, error: Exception, default_key: str | None = None
+    ) -> Problem:
+        """A part's refusal (its ConfigError) as a problem of the key it names: the
+        longest key of ``section`` the message mentions, else ``default_key``."""
+        text = str(error).removeprefix(f"{self.source}: ").removeprefix(f"[{section}] ")
+        key = next(
+            (
+                k
+                for k in sorted(SCHEMA[section], key=len, reverse=True)
+                if re.search(rf"\b{k}\b", text)
+            ),
+            default_key,
+        )
+        if key is not None:
+            text = text.removeprefix(f"{key}: ").removeprefix(f"{key} ")
+        return self.problem(section, key, text)
 
     @property
     def home(self) -> Path:
@@ -419,11 +448,15 @@ def load(path: Path | None = None) -> Config:
     return Config(values, path)
 
 
-def check(path: Path) -> list[Problem]:
+Check = Callable[[Config], Iterator[Problem]]  # a part's own check of its settings
+
+
+def check(path: Path, parts: Iterable[Check] = ()) -> list[Problem]:
     """Every problem of the file at ``path``, with its line: syntax, unknown sections
     and keys, values of the wrong kind or out of range (what ``load`` refuses),
-    then what the daemon would refuse at start: USB rules, upload and receiver
-    settings, and the files the settings name (secret files must be 0600).
+    the files the settings name (secret files must be 0600), then what each of
+    ``parts`` refuses (the daemon would refuse it at start). A section that
+    already has a problem is not judged again by a part (one cause, one report).
     Empty when the file is fine. For `evidock config check`."""
     try:
         text, data = _parse(path)
@@ -435,9 +468,10 @@ def check(path: Path) -> list[Problem]:
     lines = _Lines.scan(text)
     values, problems = _validate(path, data, lines)
     bad = {p.section for p in problems}
-    cfg = Config(values, path)
-    for section, key, message in _deeper(cfg, skip=bad):
-        problems.append(Problem(path, lines.of(section, key), section, key, message))
+    cfg = Config(values, path, lines)
+    problems += (p for p in _files(cfg) if p.section not in bad)
+    for part in parts:
+        problems += (p for p in part(cfg) if p.section not in bad)
     return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
@@ -452,72 +486,22 @@ FILE_KEYS = (
 )
 
 
-def _deeper(cfg: Config, skip: set[str | None]) -> Iterator[tuple[str, str | None, str]]:
-    """(section, key, message) for what the parts that use the settings refuse.
-    Sections that already have a problem are left out (one cause, one report)."""
-    # Imported here: these parts import this module, and most commands never check.
-    from agent.dock import uplink  # noqa: PLC0415
-    from drivers.usb_storage import MatchRule  # noqa: PLC0415
-
-    def tidy(
-        section: str, error: Exception, default: str | None = None
-    ) -> tuple[str, str | None, str]:
-        """The key a message is about (the longest key it names, else ``default``)."""
-        text = str(error).removeprefix(f"{cfg.source}: ").removeprefix(f"[{section}] ")
-        key = next(
-            (
-                k
-                for k in sorted(SCHEMA[section], key=len, reverse=True)
-                if re.search(rf"\b{k}\b", text)
-            ),
-            default,
-        )
-        if key is not None:
-            text = text.removeprefix(f"{key}: ").removeprefix(f"{key} ")
-        return section, key, text
-
-    if "usb" not in skip:
-        for i, rule in enumerate(cfg.get("usb", "rules")):
-            try:
-                MatchRule.from_mapping(rule, where=f"rule {i + 1}")
-            except ConfigError as e:
-                yield "usb", "rules", str(e)
-    if not skip & {"upload", "offload"}:
-        try:
-            uplink.upload_settings(cfg)
-        except ConfigError as e:
-            yield tidy("upload", e)
-    if not skip & {"receiver", "upload"}:
-        try:
-            uplink.receiver_settings(cfg)
-        except ConfigError as e:
-            yield tidy("receiver", e, default="stations")
-    default_type = cfg.get("retention", "default_case_type")
-    if (
-        "retention" not in skip
-        and default_type
-        and default_type not in cfg.get("retention", "evidence_days")
-    ):
-        yield (
-            "retention",
-            "default_case_type",
-            f"{default_type!r} is not a case type of evidence_days; evidence of an unknown "
-            "case type would be kept permanently: add it to evidence_days or leave this empty",
-        )
+def _files(cfg: Config) -> Iterator[Problem]:
+    """The files the settings name: absolute paths that exist; secrets 0600."""
     for section, key in FILE_KEYS:
         name = cfg.get(section, key)
-        if section in skip or not name:
+        if not name:
             continue
         where = Path(name)
         if not where.is_absolute():
-            yield section, key, f"{name}: give an absolute path"
+            yield cfg.problem(section, key, f"{name}: give an absolute path")
         elif key == "password_file":
             try:
                 read_secret(where, f"[{section}] {key}")
             except ConfigError as e:
-                yield section, key, str(e).removeprefix(f"[{section}] {key}: ")
+                yield cfg.problem(section, key, str(e).removeprefix(f"[{section}] {key}: "))
         elif not where.is_file():
-            yield section, key, f"{name}: no such file"
+            yield cfg.problem(section, key, f"{name}: no such file")
 
 
 def read_secret(path: Path, what: str) -> str:

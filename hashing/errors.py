@@ -1,13 +1,27 @@
-"""The error hierarchy shared by every part of evidock (style.md 7).
+"""The error hierarchy shared by every part of evidock (style.md 9), one place for
+each class.
 
 Transient errors (a camera pulled out, a broker gone) are retried by their
 callers; integrity errors are never retried and are always reported, because
-they mean the evidence or its proof is not what it claims to be.
+they mean the evidence or its proof is not what it claims to be. Each error
+says what went wrong and where; ``hint``, when there is one, says what to do,
+so the command line and the kiosk can show it as advice rather than as the
+tail of a sentence.
 """
+
+from __future__ import annotations
 
 
 class EvidockError(Exception):
-    """Base of every error evidock raises on purpose."""
+    """Base of every error evidock raises on purpose.
+
+    ``hint`` (keyword only) is what the reader can do about it, e.g. "run
+    `evidock checkpoint`"; None when the message says all.
+    """
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 class ConfigError(EvidockError):
@@ -28,6 +42,11 @@ class DeviceError(TransientError):
 
 class UploadError(TransientError):
     """The platform link failed; the outbox keeps the file queued."""
+
+
+class UnverifiableError(EvidockError):
+    """Verification cannot start or complete: a key, checkpoint or bundle the
+    auditor named is missing or unusable (exit code 3, never "verified")."""
 
 
 class IntegrityError(EvidockError):

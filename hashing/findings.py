@@ -29,7 +29,11 @@ PURGE_UNVERIFIED = "purge_unverified"
 
 WARNINGS = frozenset({CLOCK_REGRESSION, PURGE_UNVERIFIED})
 
-EXIT_OK, EXIT_INTEGRITY, EXIT_USAGE, EXIT_UNVERIFIABLE = 0, 1, 2, 3
+# The exit codes of every `evidock` command (style.md 10): 0 ok or verified,
+# 1 an integrity failure found, 2 usage or input error, 3 could not verify,
+# 4 transient: nothing was recorded as done, try again (a recorder pulled out,
+# a broker gone).
+EXIT_OK, EXIT_INTEGRITY, EXIT_USAGE, EXIT_UNVERIFIABLE, EXIT_TRANSIENT = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import pwd
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeAlias
 
 from agent import config
-from agent.users.accounts import CONSOLE, LoginError, User, Users
+from agent.records import index
+from agent.users.accounts import LoginError, User, Users
+from agent.users.console import console_actor
 from agent.users.roles import require
 from hashing.errors import InputError
 from hashing.station import Station
@@ -39,6 +40,23 @@ class Add(Protocol):
     def __call__(
         self, name: str, handler: Handler, help_text: str, parent: Subparsers = ...
     ) -> argparse.ArgumentParser: ...
+
+
+def adder(common: argparse.ArgumentParser, top: Subparsers) -> Add:
+    """The ``add`` each part's ``register`` is given: a subcommand of ``parent``
+    (default: the top level) with the common options, running ``handler``."""
+
+    def add(
+        name: str, handler: Handler, help_text: str, parent: Subparsers = top
+    ) -> argparse.ArgumentParser:
+        # No abbreviations: `--password SECRET` must not pass for `--password-file`.
+        p = parent.add_parser(
+            name, parents=[common], help=help_text, description=help_text, allow_abbrev=False
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    return add
 
 
 def command_group(
@@ -60,18 +78,15 @@ def station_home(args: argparse.Namespace) -> Path:
 
 
 def open_station(args: argparse.Namespace) -> Station:
+    """The station of --home (station_home)."""
     return Station.open(station_home(args))
 
 
-def console_actor() -> str:
-    """``console:<unix user>``: who runs a maintenance command at the machine.
-    Whoever can run it there can write the station folder: the trust anchor."""
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid{uid}"
-    return f"{CONSOLE}{name}"
+def open_indexed_station(args: argparse.Namespace) -> Station:
+    """The station of --home, its records index (agent.records.index) made current."""
+    station = open_station(args)
+    index.ensure(station)
+    return station
 
 
 def add_user_options(p: argparse.ArgumentParser) -> None:

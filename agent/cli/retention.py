@@ -13,9 +13,10 @@ import sys
 from datetime import UTC, date, datetime, time, timedelta, timezone
 
 from agent import config
-from agent.cli._common import Add, Subparsers, command_group, console_actor, open_station
+from agent.cli._common import Add, Subparsers, command_group, open_station
 from agent.records import retention as ret
 from agent.records.scrub import scrub
+from agent.users.console import console_actor
 from hashing.errors import InputError
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK
 from hashing.retention import Policy, rfc3339

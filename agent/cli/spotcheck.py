@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import timezone
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from agent.cli._common import (
 from agent.records import spotcheck
 from agent.records._csv import csv_text
 from agent.records.reports import Period, default_tz, parse_bound, parse_tz
-from hashing.errors import EvidockError, InputError
-from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_UNVERIFIABLE
+from hashing.errors import InputError, UnverifiableError
+from hashing.findings import EXIT_INTEGRITY, EXIT_OK
 from hashing.verify import read_key
 
 REPORT_COLUMNS = (
@@ -257,28 +256,17 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise _UnverifiableError(f"{what} {path}: cannot read: {e.strerror}") from e
-
-
-class _UnverifiableError(EvidockError):
-    """The auditor's inputs cannot be read: exit code 3."""
+        raise UnverifiableError(f"{what} {path}: cannot read: {e.strerror}") from e
 
 
 def cmd_recompute(args: argparse.Namespace) -> int:
-    try:
-        return _recompute(args)
-    except _UnverifiableError as e:
-        print(f"evidock: {e}", file=sys.stderr)
-        return EXIT_UNVERIFIABLE
-
-
-def _recompute(args: argparse.Namespace) -> int:
+    """Raises UnverifiableError (exit code 3) when the auditor's inputs cannot be read."""
     entries = spotcheck.parse_entries(_read(args.entries, "--entries").splitlines())
     try:
         # The verifiers' loader: a key text is a key, never a file of that name.
         keys = [k for value in args.key or () for k in read_key(value)]
     except InputError as e:
-        raise _UnverifiableError(str(e)) from e
+        raise UnverifiableError(str(e)) from e
     result = spotcheck.recompute(entries, args.draw, keys)
     if args.json:
         _print_json(

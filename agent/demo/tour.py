@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import config
-from agent.cli._common import console_actor
 from agent.demo.localbroker import Broker, make_pki, mosquitto_missing
 from agent.dock import wiring
 from agent.dock.daemon import Daemon, EventSink, Watcher
@@ -36,6 +35,7 @@ from agent.offload.session import OffloadPolicy
 from agent.records import registry as records
 from agent.records.exports import export, export_lines
 from agent.users.accounts import User, Users
+from agent.users.console import console_actor
 from drivers.demo import DemoCamera, Gap
 from drivers.folder import FolderDriver, FolderWatcher
 from hashing.bundle import Selection

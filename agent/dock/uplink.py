@@ -17,12 +17,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config, read_secret
+from agent.config import Config, Problem, read_secret
 from agent.dock.daemon import STATUS_FILE
 from hashing._fsutil import pid_alive
 from hashing.errors import ConfigError, EvidockError
@@ -70,6 +70,18 @@ def mqtt_settings(cfg: Config, *, username: str, client_id: str) -> MqttSettings
         key_file=m["key_file"],
         keepalive_s=max(5, m["keepalive_s"]),
     )
+
+
+def check(cfg: Config) -> Iterator[Problem]:
+    """What the uploader and the receiver would refuse at start (config.Check)."""
+    try:
+        upload_settings(cfg)
+    except ConfigError as e:
+        yield cfg.problem_from("upload", e)
+    try:
+        receiver_settings(cfg)
+    except ConfigError as e:
+        yield cfg.problem_from("receiver", e, default_key="stations")
 
 
 def upload_settings(cfg: Config) -> UploadSettings:

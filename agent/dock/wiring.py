@@ -7,14 +7,17 @@ The only place that knows both the config schema and the drivers' constructors
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import Config, read_secret
+from agent import config
+from agent.config import Config, Problem, read_secret
 from agent.dock import uplink
 from agent.dock.daemon import Daemon, EventSink, IdentitySource, Preparer, Watcher, WatcherFactory
 from agent.offload.session import OffloadPolicy
+from agent.records import retention
 from drivers.base import Driver
 from hashing.errors import ConfigError
 from hashing.station import Station
@@ -23,6 +26,24 @@ if TYPE_CHECKING:
     from agent.kiosk.server import KioskServer
 
 log = logging.getLogger(__name__)
+
+
+def check_file(path: Path) -> list[Problem]:
+    """Every problem of the configuration file at ``path``: what config.check finds,
+    then what each part that owns settings refuses (the drivers, the uploader and
+    the receiver, the retention rule). For `evidock config check`."""
+    return config.check(path, (check, uplink.check, retention.check))
+
+
+def check(cfg: Config) -> Iterator[Problem]:
+    """What building the drivers would refuse: each [usb] rule (config.Check)."""
+    from drivers.usb_storage import MatchRule  # noqa: PLC0415 - as in build_parts
+
+    for i, rule in enumerate(cfg.get("usb", "rules")):
+        try:
+            MatchRule.from_mapping(rule, where=f"rule {i + 1}")
+        except ConfigError as e:
+            yield cfg.problem("usb", "rules", str(e))
 
 
 def offload_policy(cfg: Config) -> OffloadPolicy:
@@ -134,7 +155,6 @@ def start_kiosk(station: Station, cfg: Config, daemon: Daemon) -> KioskServer | 
     if it cannot start: the dock goes on offloading without its screen (logged)."""
     from agent.kiosk.app import KioskSettings, create_app  # noqa: PLC0415 - the web stack
     from agent.kiosk.server import KioskServer  # noqa: PLC0415
-    from agent.records.retention import policy_from_config  # noqa: PLC0415
     from agent.users.accounts import UserPolicy, Users  # noqa: PLC0415
 
     k = cfg.values["kiosk"]
@@ -147,7 +167,7 @@ def start_kiosk(station: Station, cfg: Config, daemon: Daemon) -> KioskServer | 
         language=k["language"],
         utc_offset_minutes=int(cfg.get("offload", "utc_offset_minutes")),
         hosts=("127.0.0.1", "localhost", "::1", k["address"]),
-        retention=policy_from_config(cfg),
+        retention=retention.policy_from_config(cfg),
     )
     try:
         app = create_app(station, daemon.snapshot, users, settings)

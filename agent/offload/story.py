@@ -36,8 +36,6 @@ by the device's measured clock offset, since it compares with the dock's clock.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,17 +44,20 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from agent.offload._kinds import AUDIO, PHOTO, VIDEO, kind_of
+from agent.records.anomalies import (
+    CLOCK_OFFSET,
+    FUTURE_DATED,
+    MISSING_CLIP_NUMBERS,
+    OVERDUE_DEVICE,
+    REFUSED_FILE,
+    TIME_GAP,
+    UNASSIGNED_DEVICE,
+    UNDECODABLE,
+    key_of,
+)
 
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
 
-MISSING_CLIP_NUMBERS = "missing_clip_numbers"
-TIME_GAP = "time_gap"
-CLOCK_OFFSET = "clock_offset"
-FUTURE_DATED = "future_dated"
-UNASSIGNED_DEVICE = "unassigned_device"
-OVERDUE_DEVICE = "overdue_device"
-UNDECODABLE = "undecodable"
-REFUSED_FILE = "refused_file"
 
 # zh-CN kiosk labels. The part before "：" is the glossary's term (glossary.md,
 # "anomaly"); 无法解码, 未采集文件 and 超期未采集 are not in the glossary yet.
@@ -222,14 +223,6 @@ class Anomaly:
             files=[_clean(f) for f in self.files],
         )
         return body
-
-
-def key_of(body: Mapping[str, Any]) -> str:
-    """Hex SHA-256 of an anomaly body without its wording (``detail``) and officer."""
-    stable = {k: v for k, v in body.items() if k not in ("detail", "officer")}
-    return hashlib.sha256(
-        json.dumps(stable, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
-    ).hexdigest()
 
 
 # --- reading names and times -------------------------------------------------

@@ -21,9 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent._text import check_text
+from agent._text import check_id, check_text
 from agent.records import index as schema
-from agent.records.registry import check_id
 from agent.users.roles import Actor, require
 from hashing.entries import Entry
 from hashing.errors import InputError

@@ -8,7 +8,6 @@ new entry, never an overwrite, so the ledger keeps the whole history.
 from __future__ import annotations
 
 import json
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent import config
-from agent.offload.story import key_of
+from agent._text import check_id
 from agent.records import index as schema
 from agent.records import retention as ret
+from agent.records.anomalies import key_of
 from hashing.entries import Entry
 from hashing.errors import InputError
 from hashing.retention import Policy
@@ -36,7 +36,6 @@ OFFLOAD_SESSION = "offload_session"
 # glossary.md: 执法环节 and 保存类别
 ACT_KINDS = ("inspection", "interview", "evidence_preservation", "service", "enforcement", "other")
 RETENTION_CLASSES = ("routine", "evidence", "long-term")
-_ID = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 
 _ready: weakref.WeakSet[Station] = weakref.WeakSet()
 
@@ -45,13 +44,6 @@ def _ensure(station: Station) -> None:
     if station not in _ready:
         schema.ensure(station)
         _ready.add(station)
-
-
-def check_id(value: str, what: str) -> str:
-    """Officer ids, serials and case numbers: 1-64 printable characters."""
-    if not _ID.fullmatch(value) or value != value.strip():
-        raise InputError(f"{what} {value!r}: use 1-64 printable characters, no surrounding spaces")
-    return value
 
 
 @dataclass(frozen=True)
@@ -294,7 +286,7 @@ def _covers(hold: Hold, sha256: str, standing: ret.RecordingStatus | None) -> bo
 
 
 def anomaly_keys(station: Station, serial: str) -> set[str]:
-    """Keys of the anomalies already recorded for a recorder (agent.offload.story.key_of)."""
+    """Keys of the anomalies already recorded for a recorder (agent.records.anomalies.key_of)."""
     _ensure(station)
     rows = station.ledger.execute("SELECT seq FROM anomalies WHERE device IS ?", (serial,))
     return {key_of(station.ledger.entry(int(seq)).body) for (seq,) in rows}

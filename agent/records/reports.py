@@ -57,7 +57,9 @@ from typing import Any
 import jinja2
 
 from agent import config
-from agent.offload.story import (
+from agent.records._csv import csv_text
+from agent.records.access import AccessRecord, access_records
+from agent.records.anomalies import (
     CLOCK_OFFSET,
     FUTURE_DATED,
     MISSING_CLIP_NUMBERS,
@@ -67,8 +69,6 @@ from agent.offload.story import (
     UNASSIGNED_DEVICE,
     UNDECODABLE,
 )
-from agent.records._csv import csv_text
-from agent.records.access import AccessRecord, access_records
 from agent.records.registry import ANOMALY, DEVICE_ASSIGN, OFFLOAD_SESSION, TAG, WIPE
 from agent.records.spotcheck import FINDING, RESULTS, recording_time
 from hashing._fsutil import make_private_dir, write_atomic

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +76,19 @@ RECENT_RECEIPTS = 32  # receipts of other files read for one recording's status
 
 Fetch = Callable[[str, tuple[Any, ...]], Sequence[tuple[Any, ...]]]
 Keys = Sequence[NoteVerifier] | None  # None: [upload] platform_key of the configuration
+
+
+def check(cfg: config.Config) -> Iterator[config.Problem]:
+    """What the retention rule would make of the settings (config.Check): a default
+    case type that evidence_days does not list would keep its evidence forever."""
+    default_type = cfg.get("retention", "default_case_type")
+    if default_type and default_type not in cfg.get("retention", "evidence_days"):
+        yield cfg.problem(
+            "retention",
+            "default_case_type",
+            f"{default_type!r} is not a case type of evidence_days; evidence of an unknown "
+            "case type would be kept permanently: add it to evidence_days or leave this empty",
+        )
 
 
 def policy_from_config(cfg: config.Config) -> Policy:

@@ -108,9 +108,8 @@ from functools import cached_property
 from itertools import chain
 from typing import Any
 
-from agent._text import check_text
+from agent._text import check_id, check_text
 from agent.records.access import PLAY, access_records
-from agent.records.registry import check_id
 from agent.users.roles import ScopedActor, require
 from hashing.checkpoint import Checkpoint
 from hashing.entries import GENESIS, HEX64_RE, INGEST, KEY_ROTATION, Entry

@@ -63,7 +63,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from agent.records.registry import check_id
+from agent._text import check_id
 from agent.users import roles
 from hashing import _sqlite
 from hashing.entries import Entry

@@ -23,7 +23,8 @@ import pytest
 
 from agent.offload import probe as probe_module
 from agent.offload.probe import MediaFacts, ProbeLimits, probe, probe_isolated
-from agent.offload.story import UNDECODABLE, RecordingFact, StoryPolicy, analyse
+from agent.offload.story import RecordingFact, StoryPolicy, analyse
+from agent.records.anomalies import UNDECODABLE
 from hashing import canonical
 
 FFMPEG = shutil.which("ffmpeg")

@@ -8,6 +8,7 @@ import pytest
 
 from agent import config
 from agent.cli import main
+from agent.dock import wiring
 from agent.offload.session import WIPE_POLICIES
 from hashing.errors import ConfigError
 
@@ -23,11 +24,11 @@ def write(tmp_path: Path, text: str, name: str = "evidock.toml") -> Path:
 def lines(tmp_path: Path, text: str) -> list[str]:
     """check()'s problems, with the folder left out for short expectations."""
     path = write(tmp_path, text)
-    return [str(p).removeprefix(f"{tmp_path}/") for p in config.check(path)]
+    return [str(p).removeprefix(f"{tmp_path}/") for p in wiring.check_file(path)]
 
 
 def test_the_shipped_file_is_clean_and_documents_the_kiosk() -> None:
-    assert config.check(SHIPPED) == []
+    assert wiring.check_file(SHIPPED) == []
     kiosk = config.load(SHIPPED).values["kiosk"]
     assert kiosk == {
         "address": "127.0.0.1",

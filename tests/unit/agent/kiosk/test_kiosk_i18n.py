@@ -30,7 +30,7 @@ from agent.kiosk.views import (
     uplink_view,
 )
 from agent.offload import story
-from agent.records import access
+from agent.records import access, anomalies
 from agent.records import registry as records
 from agent.users import roles
 
@@ -181,7 +181,7 @@ def test_tile_states_follow_the_session_and_the_outbox() -> None:
 
 def test_a_tile_in_both_languages() -> None:
     s = session(anomalies=["clip numbers skip"])
-    kinds = {"clip numbers skip": story.MISSING_CLIP_NUMBERS}
+    kinds = {"clip numbers skip": anomalies.MISSING_CLIP_NUMBERS}
 
     def kind(_serial: str | None, detail: str) -> str | None:
         return kinds.get(detail)

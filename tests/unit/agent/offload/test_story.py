@@ -8,7 +8,6 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.offload import story
 from agent.offload.story import (
     CHINA_STANDARD_TIME,
     KINDS,
@@ -22,6 +21,7 @@ from agent.offload.story import (
     parse_name,
     recorded_span,
 )
+from agent.records import anomalies
 from hashing import canonical
 
 POLICY = StoryPolicy()
@@ -223,7 +223,7 @@ def test_missing_clip_numbers_name_the_neighbours() -> None:
         fact(f"FILE{n:04d}.MP4", start=SHIFT + timedelta(minutes=6 * n))
         for n in (1, 2, 3, 7, 8, 10)
     ]
-    [a] = of_kind(run(facts), story.MISSING_CLIP_NUMBERS)
+    [a] = of_kind(run(facts), anomalies.MISSING_CLIP_NUMBERS)
     body = a.as_body()
     assert body["missing"] == [[4, 6], [9, 9]]
     assert body["missing_count"] == 4
@@ -247,7 +247,7 @@ def test_counters_are_per_folder_and_prefix() -> None:
         fact("FILE0001.MP4", folder="2024-03-02"),
         fact("FILE0003.MP4", folder="2024-03-02"),
     ]
-    [a] = of_kind(run(facts), story.MISSING_CLIP_NUMBERS)
+    [a] = of_kind(run(facts), anomalies.MISSING_CLIP_NUMBERS)
     assert a.as_body()["sequence"] == "2024-03-02/FILE####"
     assert a.as_body()["missing"] == [[2, 2]]
 
@@ -259,14 +259,14 @@ def test_serial_stamped_names_count_per_serial() -> None:
         fact("CAM0002_20240301080000_0001.MP4"),
         fact("CAM0002_20240301081000_0002.MP4"),
     ]
-    [a] = of_kind(run(facts), story.MISSING_CLIP_NUMBERS)
+    [a] = of_kind(run(facts), anomalies.MISSING_CLIP_NUMBERS)
     assert a.as_body()["missing"] == [[12, 12]]
     assert a.as_body()["sequence"] == "DCIM/100MEDIA/CAM0001####"
 
 
 def test_a_long_list_of_holes_is_summarised_in_the_detail_only() -> None:
     facts = [fact(f"FILE{n:04d}.MP4") for n in range(1, 40, 2)]
-    [a] = of_kind(run(facts), story.MISSING_CLIP_NUMBERS)
+    [a] = of_kind(run(facts), anomalies.MISSING_CLIP_NUMBERS)
     assert a.as_body()["missing_count"] == 19
     assert len(a.as_body()["missing"]) == 19
     assert "and 14 more hole(s)" in a.detail
@@ -283,7 +283,7 @@ def test_a_hole_inside_a_shift_is_a_time_gap() -> None:
         fact("20240301_091500_0004.MP4", minutes=5),  # 5 min: under the threshold
         fact("20240301_180000_0005.MP4", minutes=5),  # next shift (8 h 40 min later)
     ]
-    [gap] = of_kind(run(facts), story.TIME_GAP)
+    [gap] = of_kind(run(facts), anomalies.TIME_GAP)
     body = gap.as_body()
     assert body["gap_s"] == 45 * 60
     assert (body["gap_from"], body["gap_to"]) == ("2024-03-01T00:20:00Z", "2024-03-01T01:05:00Z")
@@ -304,7 +304,7 @@ def test_threshold_and_shift_break_are_exclusive_bounds() -> None:
         fact("20240301_082001.MP4", minutes=0),  # 10 min 1 s: a gap
         fact("20240301_122001.MP4", minutes=0),  # exactly 4 h: a shift break
     ]
-    gaps = of_kind(run(facts, policy=policy), story.TIME_GAP)
+    gaps = of_kind(run(facts, policy=policy), anomalies.TIME_GAP)
     assert [g.as_body()["gap_s"] for g in gaps] == [601]
 
 
@@ -334,7 +334,7 @@ def test_time_gaps_are_exactly_the_holes_between_threshold_and_break(
         )
         t += timedelta(seconds=seconds)
     expected = [h for h in holes if gap_minutes * 60 < h < 4 * 3600]
-    gaps = of_kind(analyse(facts, policy, now=NOW, serial="C", officer="O"), story.TIME_GAP)
+    gaps = of_kind(analyse(facts, policy, now=NOW, serial="C", officer="O"), anomalies.TIME_GAP)
     assert [g.as_body()["gap_s"] for g in gaps] == expected
 
 
@@ -344,7 +344,7 @@ def test_overlapping_recordings_leave_no_false_hole() -> None:
         fact("20240301_081000.WAV", minutes=5),  # ... with a short audio clip inside it
         fact("20240301_090500.MP4", minutes=5),  # 5 min after the long one ends
     ]
-    assert of_kind(run(facts), story.TIME_GAP) == []
+    assert of_kind(run(facts), anomalies.TIME_GAP) == []
 
 
 def test_photos_do_not_fill_a_hole_but_are_named() -> None:
@@ -353,7 +353,7 @@ def test_photos_do_not_fill_a_hole_but_are_named() -> None:
         fact("20240301_082000_0002.JPG", minutes=None),
         fact("20240301_090000_0003.MP4", minutes=5),
     ]
-    [gap] = of_kind(run(facts), story.TIME_GAP)
+    [gap] = of_kind(run(facts), anomalies.TIME_GAP)
     assert gap.as_body()["gap_s"] == 55 * 60
     assert gap.files[-1] == "DCIM/100MEDIA/20240301_082000_0002.JPG"
     assert "1 photo(s) taken in between" in gap.detail
@@ -361,7 +361,7 @@ def test_photos_do_not_fill_a_hole_but_are_named() -> None:
 
 def test_unknown_duration_makes_a_gap_approximate() -> None:
     facts = [fact("20240301_080000.MP4", minutes=None), fact("20240301_090000.MP4", minutes=5)]
-    [gap] = of_kind(run(facts), story.TIME_GAP)
+    [gap] = of_kind(run(facts), anomalies.TIME_GAP)
     assert gap.as_body()["approximate"] is True
     assert "approximate" in gap.detail
 
@@ -370,27 +370,27 @@ def test_unknown_duration_makes_a_gap_approximate() -> None:
 
 
 def test_clock_offset_beyond_tolerance() -> None:
-    assert of_kind(run([], clock_offset_ms=60_000), story.CLOCK_OFFSET) == []
-    assert of_kind(run([], clock_offset_ms=None), story.CLOCK_OFFSET) == []
-    [ahead] = of_kind(run([], clock_offset_ms=192_500), story.CLOCK_OFFSET)
+    assert of_kind(run([], clock_offset_ms=60_000), anomalies.CLOCK_OFFSET) == []
+    assert of_kind(run([], clock_offset_ms=None), anomalies.CLOCK_OFFSET) == []
+    [ahead] = of_kind(run([], clock_offset_ms=192_500), anomalies.CLOCK_OFFSET)
     assert ahead.as_body()["offset_ms"] == 192_500 and ahead.as_body()["tolerance_s"] == 60
     assert "3 min 12 s ahead of the dock's" in ahead.detail
-    [behind] = of_kind(run([], clock_offset_ms=-2 * 86_400_000), story.CLOCK_OFFSET)
+    [behind] = of_kind(run([], clock_offset_ms=-2 * 86_400_000), anomalies.CLOCK_OFFSET)
     assert "2 d behind" in behind.detail
 
 
 def test_future_dated_corrects_by_the_known_offset() -> None:
     # Beijing 20:30, half an hour after the dock's now
     late = fact("20240301_202500_0001.MP4", minutes=5)
-    [future] = of_kind(run([late], clock_offset_ms=None), story.FUTURE_DATED)
+    [future] = of_kind(run([late], clock_offset_ms=None), anomalies.FUTURE_DATED)
     assert future.files == (late.relpath,)
     assert future.as_body()["latest"] == "2024-03-01T12:30:00Z"
     assert future.as_body()["offset_ms"] is None
     # The device is known to run an hour fast: the clip was made at 19:30 dock time.
-    assert of_kind(run([late], clock_offset_ms=3_600_000), story.FUTURE_DATED) == []
+    assert of_kind(run([late], clock_offset_ms=3_600_000), anomalies.FUTURE_DATED) == []
     # Within the tolerance is not the future.
     soon = fact("20240301_195900_0002.MP4", minutes=1.5)
-    assert of_kind(run([soon]), story.FUTURE_DATED) == []
+    assert of_kind(run([soon]), anomalies.FUTURE_DATED) == []
 
 
 # --- who ----------------------------------------------------------------------------------
@@ -398,18 +398,18 @@ def test_future_dated_corrects_by_the_known_offset() -> None:
 
 def test_unassigned_device() -> None:
     facts = [fact("FILE0001.MP4"), fact("FILE0002.MP4")]
-    assert of_kind(run(facts), story.UNASSIGNED_DEVICE) == []
-    [a] = of_kind(run(facts, unassigned=True, officer="100001"), story.UNASSIGNED_DEVICE)
+    assert of_kind(run(facts), anomalies.UNASSIGNED_DEVICE) == []
+    [a] = of_kind(run(facts, unassigned=True, officer="100001"), anomalies.UNASSIGNED_DEVICE)
     assert a.as_body()["registered"] is False and a.as_body()["recordings"] == 2
     assert len(a.files) == 2
     assert "names officer 100001" in a.detail
-    [b] = of_kind(run(facts, officer=None), story.UNASSIGNED_DEVICE)
+    [b] = of_kind(run(facts, officer=None), anomalies.UNASSIGNED_DEVICE)
     assert b.as_body()["registered"] is True and b.as_body()["officer"] is None
 
 
 def test_overdue_device() -> None:
-    assert of_kind(run([], last_docked=NOW - timedelta(days=2)), story.OVERDUE_DEVICE) == []
-    [a] = of_kind(run([], last_docked=NOW - timedelta(days=5, hours=3)), story.OVERDUE_DEVICE)
+    assert of_kind(run([], last_docked=NOW - timedelta(days=2)), anomalies.OVERDUE_DEVICE) == []
+    [a] = of_kind(run([], last_docked=NOW - timedelta(days=5, hours=3)), anomalies.OVERDUE_DEVICE)
     assert a.as_body()["away_s"] == (5 * 24 + 3) * 3600
     assert "5 d 3 h ago" in a.detail
 
@@ -429,11 +429,11 @@ def test_undecodable_and_refused() -> None:
         ("x/l2", "is a symbolic link; not followed"),
     ]
     out = run(facts, refused=refused)
-    [bad] = of_kind(out, story.UNDECODABLE)
+    [bad] = of_kind(out, anomalies.UNDECODABLE)
     assert bad.files == ("DCIM/100MEDIA/FILE0001.MP4",)
     assert bad.as_body()["problem"] == "decoding stops after frame 26 of the 75"
     assert "frame 26" in bad.detail
-    by_reason = {a.as_body()["reason"]: a.files for a in of_kind(out, story.REFUSED_FILE)}
+    by_reason = {a.as_body()["reason"]: a.files for a in of_kind(out, anomalies.REFUSED_FILE)}
     assert by_reason == {
         "is a FIFO, not a recording": ("DCIM/fifo",),
         "is a symbolic link; not followed": ("DCIM/link", "x/l2"),
