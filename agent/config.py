@@ -499,7 +499,8 @@ def _files(cfg: Config) -> Iterator[Problem]:
             try:
                 read_secret(where, f"[{section}] {key}")
             except ConfigError as e:
-                yield cfg.problem(section, key, str(e).removeprefix(f"[{section}] {key}: "))
+                message = str(e).removeprefix(f"[{section}] {key}: ")
+                yield cfg.problem(section, key, f"{message}; {e.hint}" if e.hint else message)
         elif not where.is_file():
             yield cfg.problem(section, key, f"{name}: no such file")
 
@@ -512,7 +513,7 @@ def read_secret(path: Path, what: str) -> str:
     except OSError as e:
         raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from e
     if st.st_mode & 0o077:
-        raise ConfigError(f"{what}: {path} is readable by others; chmod 600 it")
+        raise ConfigError(f"{what}: {path} is readable by others", hint=f"chmod 600 {path}")
     if not text:
         raise ConfigError(f"{what}: {path} is empty")
     return text

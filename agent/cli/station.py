@@ -23,7 +23,7 @@ from hashing.verify import read_held_checkpoint, read_keys, verify_bundle
 def _latest_size(station: Station) -> int:
     latest = station.ledger.latest_checkpoint()
     if latest is None:
-        raise InputError("no checkpoint yet; run `evidock checkpoint`")
+        raise InputError("no checkpoint yet", hint="run `evidock checkpoint`")
     return latest.checkpoint.size
 
 

@@ -52,7 +52,7 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     store = _user_store(args)
     try:
         if store.get(args.name) is None:
-            raise InputError(f"no user {args.name!r}; see `evidock user list`")
+            raise InputError(f"no user {args.name!r}", hint="see `evidock user list`")
         store.passwd(args.name, _new_secret(args), by=console_actor())
     finally:
         store.close()
@@ -65,7 +65,7 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
     try:
         user = store.get(args.name)
         if user is None:
-            raise InputError(f"no user {args.name!r}; see `evidock user list`")
+            raise InputError(f"no user {args.name!r}", hint="see `evidock user list`")
         if user.disabled:
             print(f"user {args.name} is already disabled")
             return EXIT_OK

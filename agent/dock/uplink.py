@@ -26,7 +26,7 @@ from agent.config import Config, Problem, read_secret
 from agent.dock.daemon import STATUS_FILE
 from hashing._fsutil import pid_alive
 from hashing.errors import ConfigError, EvidockError
-from hashing.findings import EXIT_OK, EXIT_UNVERIFIABLE
+from hashing.findings import EXIT_OK, EXIT_TRANSIENT
 from hashing.note import NoteVerifier
 from hashing.station import Station
 from receiver.service import Receiver, ReceiverSettings, serve
@@ -249,8 +249,9 @@ def cmd_upload_drain(station: Station, cfg: Config, args: argparse.Namespace) ->
     if done:
         print("all recordings receipted by the platform")
         return EXIT_OK
+    # Transient: the broker or the platform is slow or gone; the outbox keeps all.
     print(f"not all recordings receipted within {args.timeout:.0f} s; see `evidock upload status`")
-    return EXIT_UNVERIFIABLE
+    return EXIT_TRANSIENT
 
 
 def _lock(path: Path) -> int:

@@ -36,6 +36,7 @@ from drivers.base import DeviceInfo, Driver, RecorderIdentity, Recording, Refuse
 from hashing._fsutil import make_private_dir
 from hashing.entries import Entry
 from hashing.errors import DeviceError, EvidockError, IntegrityError
+from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
 from hashing.station import Station
 from uploader.outbox import UPLOAD_RECEIPT
 
@@ -138,9 +139,14 @@ class SessionSummary:
 
     @property
     def exit_code(self) -> int:
+        """`evidock offload`'s exit code (style.md 10): 1 on an integrity failure;
+        4 when the recorder was pulled out or stopped (what was copied is kept:
+        plug it in again); 2 when the dock refused or failed it."""
         if self.integrity_failures:
-            return 1
-        return 0 if self.status.state == "committed" else 2
+            return EXIT_INTEGRITY
+        if self.status.state == "committed":
+            return EXIT_OK
+        return EXIT_TRANSIENT if self.status.state == "interrupted" else EXIT_USAGE
 
 
 class OffloadSession:

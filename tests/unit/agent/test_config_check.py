@@ -150,7 +150,7 @@ password_file = "{tight}"
         "bytes_per_s must be an integer",
         "evidock.toml:9: [receiver] stations: station dock-01: keys must be a non-empty "
         "list of strings",
-        f"evidock.toml:11: [mqtt] password_file: {loose} is readable by others; chmod 600 it",
+        f"evidock.toml:11: [mqtt] password_file: {loose} is readable by others; chmod 600 {loose}",
         "evidock.toml:12: [mqtt] ca_file: ca.pem: give an absolute path",
         f"evidock.toml:13: [mqtt] cert_file: {tmp_path / 'missing.pem'}: no such file",
     ]

@@ -381,3 +381,51 @@ def test_logs_carry_journald_priorities_under_systemd() -> None:
     assert JournalFormatter().format(record) == "<3>ERROR evidock: a\n<3>b c"
     record.levelno, record.levelname = logging.WARNING, "WARNING"
     assert JournalFormatter().format(record).startswith("<4>WARNING")
+
+
+def test_an_error_says_what_to_do_on_a_line_of_its_own(
+    capsys: pytest.CaptureFixture[str], home: Path
+) -> None:
+    assert run(capsys, "init", "--station-id", "dock-01")[0] == 0
+    code, _, err = run(capsys, "user", "passwd", "nobody")
+    assert code == 2
+    assert err.splitlines() == [
+        "evidock: no user 'nobody'",
+        "evidock: what to do: see `evidock user list`",
+    ]
+
+
+def test_a_transient_failure_exits_4(
+    capsys: pytest.CaptureFixture[str],
+    home: Path,
+    footage: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that is not there: nothing is lost (the outbox keeps the queue) and
+    the caller is told to try again, not that it used the command wrongly."""
+    assert run(capsys, "init", "--station-id", "dock-01")[0] == 0
+    assert run(capsys, "ingest", str(footage))[0] == 0
+    cfg = tmp_path / "evidock.toml"
+    cfg.write_text('[mqtt]\nhost = "127.0.0.1"\nport = 1\ntls = false\n')  # nothing listens
+    monkeypatch.setenv("EVIDOCK_CONFIG", str(cfg))
+    code, out, _ = run(capsys, "upload", "drain", "--timeout", "1")
+    assert code == 4, out
+    assert "not all recordings receipted" in out
+    code, out, _ = run(capsys, "upload", "status", "--json")
+    assert code == 0 and json.loads(out)["queue"]["unreceipted"] == 3, out
+
+
+def test_logging_is_set_on_the_projects_loggers_only(
+    capsys: pytest.CaptureFixture[str], home: Path
+) -> None:
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    for _ in range(2):  # a second run replaces its handler, never adds one
+        run(capsys, "--verbose", "init", "--station-id", "dock-01")
+    assert (list(root.handlers), root.level) == before
+    agent_log = logging.getLogger("agent")
+    assert agent_log.level == logging.INFO
+    assert sum(type(h).__name__ == "_StderrHandler" for h in agent_log.handlers) == 1
