@@ -247,3 +247,15 @@ def test_the_platform_never_imports_the_dock(tmp_path: Path) -> None:
         "receiver.service -> agent.config",
         "uploader.sender -> receiver.service",
     ]
+
+
+def test_the_readme_layout_table_has_a_line_for_each_room(tree: dict[str, set[str]]) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("## Layout\n") : text.index("## Development\n")]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| `")]
+    expected = [f"`{p}/`" for p in PACKAGES if p != "agent"]
+    for name in sorted({room(m) for m in tree if m.startswith("agent.")}):
+        path = name.replace(".", "/")
+        expected.append(f"`{path}.py`" if (ROOT / f"{path}.py").is_file() else f"`{path}/`")
+    missing = [e for e in expected if e not in rows]
+    assert missing == [], f"README ## Layout has no line for {missing}"
