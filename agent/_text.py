@@ -40,8 +40,7 @@ def check_text(
         return ""
     if len(value) > limit:
         raise InputError(
-            f"{what} is {len(value)} characters long; at most {limit}"
-            + (f": {hint}" if hint else "")
+            f"{what} is {len(value)} characters long; at most {limit}", hint=hint or None
         )
     allowed = "\n\t" if lines else ""
     bad = next(
@@ -50,7 +49,8 @@ def check_text(
     if bad is not None:
         shape = "plain text" if lines else "one line of plain text"
         raise InputError(
-            f"{what} holds the control or invisible character U+{ord(bad):04X}; write it as {shape}"
+            f"{what} holds the control or invisible character U+{ord(bad):04X}",
+            hint=f"write it as {shape}",
         )
     return value
 

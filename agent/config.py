@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hashing.errors import ConfigError
+from hashing.errors import ConfigError, explain
 from hashing.retention import MAX_DAYS, MIN_ROUTINE_DAYS
 from hashing.station import DEFAULT_HOME
 
@@ -122,7 +122,7 @@ class Config:
     ) -> Problem:
         """A part's refusal (its ConfigError) as a problem of the key it names: the
         longest key of ``section`` the message mentions, else ``default_key``."""
-        text = str(error).removeprefix(f"{self.source}: ").removeprefix(f"[{section}] ")
+        text = explain(error).removeprefix(f"{self.source}: ").removeprefix(f"[{section}] ")
         key = next(
             (
                 k
@@ -499,8 +499,7 @@ def _files(cfg: Config) -> Iterator[Problem]:
             try:
                 read_secret(where, f"[{section}] {key}")
             except ConfigError as e:
-                message = str(e).removeprefix(f"[{section}] {key}: ")
-                yield cfg.problem(section, key, f"{message}; {e.hint}" if e.hint else message)
+                yield cfg.problem(section, key, explain(e).removeprefix(f"[{section}] {key}: "))
         elif not where.is_file():
             yield cfg.problem(section, key, f"{name}: no such file")
 

@@ -119,8 +119,8 @@ def plan(fs_type: str) -> MountPlan:
         return MountPlan(fs_type, fuse[0], fuse=True, options=fuse[1])
     wanted = f" or the FUSE helper mount.{fuse[0]} (Debian: {fuse[0]})" if fuse else ""
     raise DeviceError(
-        f"this machine cannot mount {fs_type}: the kernel has no {'/'.join(names)} driver"
-        f"{wanted}; install it and plug the recorder in again"
+        f"this machine cannot mount {fs_type}: the kernel has no {'/'.join(names)} driver{wanted}",
+        hint="install it and plug the recorder in again",
     )
 
 

@@ -195,13 +195,16 @@ def _secret(password: str | None, setting: str) -> _Secret | None:
     if password is None or password == "":
         return None
     if "\0" in password:
-        raise ConfigError(f"the GA/T 947.4 administrator password contains a NUL; check {setting}")
+        raise ConfigError(
+            "the GA/T 947.4 administrator password contains a NUL", hint=f"check {setting}"
+        )
     try:
         return _Secret(password.encode("gbk"))
     except UnicodeEncodeError:
         # The error names the offending character: do not chain or repeat it.
         raise ConfigError(
-            f"the GA/T 947.4 administrator password cannot be written in GBK; check {setting}"
+            "the GA/T 947.4 administrator password cannot be written in GBK",
+            hint=f"check {setting}",
         ) from None
 
 
@@ -235,8 +238,8 @@ class Gat947Library:
             st = path.stat()
         except OSError as e:
             raise ConfigError(
-                f"GA/T 947.4 library {path} not found ({e.strerror}); install the vendor's "
-                "SDK library and name it in the [gat947] library setting"
+                f"GA/T 947.4 library {path} not found ({e.strerror})",
+                hint="install the vendor's SDK library and name it in the [gat947] library setting",
             ) from e
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"GA/T 947.4 library {path} is not a regular file")
@@ -519,8 +522,9 @@ class Gat947Driver:
         if self._password is None:
             raise ConfigError(
                 "no GA/T 947.4 administrator password is configured, so the recorder cannot "
-                f"be switched to disk mode; set it in {self._setting} (keep that file "
-                "readable by root only). evidock ships no default password."
+                "be switched to disk mode",
+                hint=f"set it in {self._setting} (keep that file "
+                "readable by root only). evidock ships no default password.",
             )
         lib = self.library()
         password = self._password

@@ -305,8 +305,8 @@ class UsbStorageDriver:
             st = os.lstat(root)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
                 raise DeviceError(
-                    f"{root}: the mount folder is not a directory owned by this user "
-                    "(a symlink?); fix or remove it"
+                    f"{root}: the mount folder is not a directory owned by this user (a symlink?)",
+                    hint="fix or remove it",
                 )
             if stat.S_IMODE(st.st_mode) != 0o700:
                 os.chmod(root, 0o700)
@@ -416,7 +416,8 @@ class UsbStorageDriver:
             attached = self._attached.get(Path(root))
         if attached is None:
             raise DeviceError(
-                f"{root}: not a recorder this driver has attached; use the folder attach() yields"
+                f"{root}: not a recorder this driver has attached",
+                hint="use the folder attach() yields",
             )
         return attached
 

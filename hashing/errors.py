@@ -24,6 +24,13 @@ class EvidockError(Exception):
         self.hint = hint
 
 
+def explain(error: BaseException) -> str:
+    """The error's message and, after a semicolon, its hint: for displays of one
+    line (a kiosk tile, a status list, a configuration problem)."""
+    hint = getattr(error, "hint", None)
+    return f"{error}; {hint}" if hint else str(error)
+
+
 class ConfigError(EvidockError):
     """A setting, a station folder or a command-line value is unusable."""
 

@@ -159,7 +159,7 @@ def zoned_time(text: str, option: str) -> datetime:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
         raise InputError(
-            f"{option} {text!r}: not a time; use e.g. 2026-03-02T08:00:00+08:00"
+            f"{option} {text!r}: not a time", hint="use e.g. 2026-03-02T08:00:00+08:00"
         ) from e
     if when.tzinfo is None:
         raise InputError(f"{option} {text!r}: give the time zone, e.g. +08:00 or Z")

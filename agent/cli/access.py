@@ -159,7 +159,8 @@ def player_command(option: str | None) -> list[str]:
             return list(candidate)
     names = ", ".join(c[0] for c in DEFAULT_PLAYERS)
     raise InputError(
-        f"no player found (none of {names} is on PATH); give --player CMD or set ${PLAYER_ENV}"
+        f"no player found (none of {names} is on PATH)",
+        hint=f"give --player CMD or set ${PLAYER_ENV}",
     )
 
 

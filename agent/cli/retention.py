@@ -109,7 +109,7 @@ def _until(text: str | None, zone: timezone) -> datetime | None:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
         raise InputError(
-            f"--until {text!r}: not a date; use e.g. 2027-01-31 or 2027-01-31T08:00:00+08:00"
+            f"--until {text!r}: not a date", hint="use e.g. 2027-01-31 or 2027-01-31T08:00:00+08:00"
         ) from e
     return (when if when.tzinfo is not None else when.replace(tzinfo=zone)).astimezone(UTC)
 

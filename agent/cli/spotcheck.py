@@ -266,7 +266,7 @@ def cmd_recompute(args: argparse.Namespace) -> int:
         # The verifiers' loader: a key text is a key, never a file of that name.
         keys = [k for value in args.key or () for k in read_key(value)]
     except InputError as e:
-        raise UnverifiableError(str(e)) from e
+        raise UnverifiableError(str(e), hint=e.hint) from e
     result = spotcheck.recompute(entries, args.draw, keys)
     if args.json:
         _print_json(

@@ -144,7 +144,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         keys = read_keys(args.key, bundle=bundle)
         held = read_held_checkpoint(args.checkpoint, bundle=bundle) if args.checkpoint else None
     except InputError as e:
-        raise UnverifiableError(str(e)) from e
+        raise UnverifiableError(str(e), hint=e.hint) from e
     report = verify_bundle(bundle, keys, held)
     _emit(report.as_dict() if args.json else report.render(), args.json)
     return report.exit_code

@@ -113,11 +113,11 @@ def receiver_settings(cfg: Config, home: Path | None = None) -> ReceiverSettings
         try:
             stations[sid] = tuple(NoteVerifier.parse(k) for k in keys)
         except EvidockError as e:
-            raise ConfigError(f"{where} station {sid}: {e}") from e
+            raise ConfigError(f"{where} station {sid}: {e}", hint=e.hint) from e
     try:
         prefix = protocol.check_prefix(cfg.get("upload", "topic_prefix"))
     except EvidockError as e:
-        raise ConfigError(f"{cfg.source}: [upload] {e}") from e
+        raise ConfigError(f"{cfg.source}: [upload] {e}", hint=e.hint) from e
     return ReceiverSettings(
         home=home or Path(r["home"]),
         stations=stations,

@@ -19,7 +19,7 @@ from agent.dock.daemon import Daemon, EventSink, IdentitySource, Preparer, Watch
 from agent.offload.session import OffloadPolicy
 from agent.records import retention
 from drivers.base import Driver
-from hashing.errors import ConfigError
+from hashing.errors import ConfigError, explain
 from hashing.station import Station
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def check(cfg: Config) -> Iterator[Problem]:
         try:
             MatchRule.from_mapping(rule, where=f"rule {i + 1}")
         except ConfigError as e:
-            yield cfg.problem("usb", "rules", str(e))
+            yield cfg.problem("usb", "rules", explain(e))
 
 
 def offload_policy(cfg: Config) -> OffloadPolicy:

@@ -35,7 +35,7 @@ from agent.records import registry as records
 from drivers.base import DeviceInfo, Driver, RecorderIdentity, Recording, Refused
 from hashing._fsutil import make_private_dir
 from hashing.entries import Entry
-from hashing.errors import DeviceError, EvidockError, IntegrityError
+from hashing.errors import DeviceError, EvidockError, IntegrityError, explain
 from hashing.findings import EXIT_INTEGRITY, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
 from hashing.station import Station
 from uploader.outbox import UPLOAD_RECEIPT
@@ -191,20 +191,20 @@ class OffloadSession:
                 self._changed(state="committed", current=None)
         except CapacityError as e:
             log.warning("%s: %s", self.device.sys_path, e)
-            self.status.errors.append(str(e))
+            self.status.errors.append(explain(e))
             self._changed(state="refused", current=None)
         except DeviceError as e:
             log.warning("%s: %s", self.device.sys_path, e)
-            self.status.errors.append(str(e))
+            self.status.errors.append(explain(e))
             self._changed(state="interrupted", current=None)
         except IntegrityError as e:
             log.error("%s: integrity failure: %s", self.device.sys_path, e)
-            self.status.errors.append(str(e))
+            self.status.errors.append(explain(e))
             self.summary.integrity_failures += 1
             self._changed(state="failed", current=None)
         except EvidockError as e:
             log.error("%s: %s", self.device.sys_path, e)
-            self.status.errors.append(str(e))
+            self.status.errors.append(explain(e))
             self._changed(state="failed", current=None)
         finally:
             self.status.finished = time.time()
@@ -335,12 +335,12 @@ class OffloadSession:
             self._keep_thumbnail(thumb, result.sha256)
         except IntegrityError as e:
             self.summary.integrity_failures += 1
-            self.status.errors.append(str(e))
+            self.status.errors.append(explain(e))
             log.error("%s", e)
             return None
         except DeviceError as e:
             self.summary.failed += 1
-            self.status.errors.append(str(e))
+            self.status.errors.append(explain(e))
             log.warning("%s", e)
             if self.stop.is_set() or not _reachable(root):
                 raise
@@ -414,7 +414,7 @@ class OffloadSession:
                 try:
                     self.driver.wipe(writable_root, rec)
                 except DeviceError as e:
-                    self.status.errors.append(str(e))
+                    self.status.errors.append(explain(e))
                     continue
                 records.record_wipe(
                     self.station,
