@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hashing.checkpoint import Checkpoint
-from hashing.digest import chunk_ranges_differing, digest_file
+from hashing.digest import FileDigest, chunk_ranges_differing, digest_file
 from hashing.entries import GENESIS, INGEST, KEY_ROTATION, Entry, parse_time
 from hashing.errors import EvidockError, InputError, SignatureError
 from hashing.findings import (
@@ -365,6 +365,12 @@ def _check_store(
     purges: dict[str, Verdict],
     judge: Judge,
 ) -> None:
+    """Every ingested file must be stored with its recorded digest and length, or be purged.
+
+    Reports a changed file with the byte ranges that differ, a missing one as
+    missing or unlawfully purged (Art. 20 (2)), and a stored file no ingest
+    entry covers as added; the counts go to ``report.checked``.
+    """
     chunk_rows = {
         str(sha): (int(cs), bytes(blob))
         for sha, cs, blob in station.ledger.execute("SELECT sha256, chunk_size, chunks FROM files")
@@ -411,27 +417,46 @@ def _check_store(
         if got.sha256_hex == sha and got.size == entry.body.get("size"):
             counts["intact"] += 1
             continue
-        detail = f"SHA-256 now {got.sha256_hex}, {got.size} bytes; entry {entry.seq} records {sha}"
-        row = chunk_rows.get(sha)
-        if row is not None:
-            chunk_size, blob = row
-            expected = [blob[i : i + 32] for i in range(0, len(blob), 32)]
-            if root_of(expected).hex() == entry.body.get("chunk_root"):
-                if chunk_size != got.chunk_size:
-                    got = digest_file(path, chunk_size=chunk_size)
-                ranges = chunk_ranges_differing(
-                    expected,
-                    list(got.chunk_hashes),
-                    int(entry.body.get("size", 0)),
-                    got.size,
-                    chunk_size,
-                )
-                detail = ", ".join(f"bytes {a}-{b - 1}" for a, b in ranges) + f" differ ({detail})"
+        detail = _modified_detail(path, sha, entry, got, chunk_rows.get(sha))
         report.add(FILE_MODIFIED, str(path), detail)
     for sha in sorted(_uncovered(station, set(station.store.stored()) - set(ingests), size)):
         report.add(FILE_ADDED, str(station.store.path_for(sha)), "no ingest entry covers this file")
+    _report_store_counts(report, counts, len(ingests))
+
+
+def _modified_detail(
+    path: Path, sha: str, entry: Entry, got: FileDigest, row: tuple[int, bytes] | None
+) -> str:
+    """What a changed file's finding says: its digest now and, where possible, what changed.
+
+    The byte ranges are named only when the file's chunk hashes (``row``, from
+    the ``files`` table) still hash to the ``chunk_root`` its entry records:
+    otherwise the table was altered too and its ranges would prove nothing.
+    The file is read again if it was digested with another chunk size.
+    """
+    detail = f"SHA-256 now {got.sha256_hex}, {got.size} bytes; entry {entry.seq} records {sha}"
+    if row is None:
+        return detail
+    chunk_size, blob = row
+    expected = [blob[i : i + 32] for i in range(0, len(blob), 32)]
+    if root_of(expected).hex() != entry.body.get("chunk_root"):
+        return detail
+    if chunk_size != got.chunk_size:
+        got = digest_file(path, chunk_size=chunk_size)
+    ranges = chunk_ranges_differing(
+        expected,
+        list(got.chunk_hashes),
+        int(entry.body.get("size", 0)),
+        got.size,
+        chunk_size,
+    )
+    return ", ".join(f"bytes {a}-{b - 1}" for a, b in ranges) + f" differ ({detail})"
+
+
+def _report_store_counts(report: Report, counts: dict[str, int], ingested: int) -> None:
+    """Record in ``report.checked`` how many files are intact, purged, or awaiting removal."""
     purged, unverified = counts["purged"], counts["unverified"]
-    report.checked["files intact"] = f"{counts['intact']} of {len(ingests) - purged - unverified}"
+    report.checked["files intact"] = f"{counts['intact']} of {ingested - purged - unverified}"
     if purged:
         report.checked["files purged lawfully"] = purged
     if unverified:

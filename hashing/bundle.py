@@ -118,6 +118,7 @@ class Selection:
     all: bool = False
 
     def describe(self) -> dict[str, Any]:
+        """The selection as the export entry and manifest record it, and as messages name it."""
         if self.all:
             return {"all": True}
         if self.case is not None and self.sha256:
@@ -155,6 +156,10 @@ class Request:
             )
 
     def body(self) -> dict[str, Any]:
+        """The requester's fields of the ``export`` entry body (Art. 18, Art. 20 (3)).
+
+        ``recipient`` is null except on a disclosure, as ``__post_init__`` enforced.
+        """
         return {
             "action": self.action,
             "user": self.user,
@@ -260,6 +265,11 @@ def _thin(sizes: list[tuple[int, str]]) -> list[int]:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write one compact, key-sorted JSON object per line (the bundle's ``proofs/*.jsonl``).
+
+    ``rows`` may be a generator, so proofs are written as they are computed, not
+    held in memory. Raises OSError from the file system.
+    """
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, separators=(",", ":"), sort_keys=True) + "\n")

@@ -26,12 +26,23 @@ from hashing.note import NoteSigner, NoteVerifier, OpenedNote, check_key_name, o
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A tree head as c2sp.org/tlog-checkpoint states it: origin, size, root, extensions.
+
+    ``root`` is the RFC 9162 §2.1.1 MTH over the first ``size`` ledger entries. A
+    Checkpoint alone proves nothing; ``SignedCheckpoint.open`` checks its note.
+    """
+
     origin: str
     size: int
     root: bytes
     extensions: tuple[str, ...] = ()
 
     def body(self) -> str:
+        """The checkpoint body (c2sp.org/tlog-checkpoint), every line ending in a newline.
+
+        These are the exact bytes a signed note signs, so the line order and the
+        decimal and base64 spellings are fixed by the spec, not by taste.
+        """
         lines = [
             self.origin,
             str(self.size),
@@ -42,6 +53,7 @@ class Checkpoint:
 
     @property
     def root_b64(self) -> str:
+        """The root in standard base64, as the body's third line and the proof JSON spell it."""
         return base64.b64encode(self.root).decode()
 
     @classmethod
@@ -70,6 +82,14 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class SignedCheckpoint:
+    """A checkpoint together with the signed-note text it came in.
+
+    The note is kept byte for byte, because the signatures cover those bytes:
+    bundles and the receiver pass it on as published, never re-encoded.
+    From ``open`` it is verified; from the ledger's own table
+    (``Ledger.latest_checkpoint``) it is only parsed.
+    """
+
     checkpoint: Checkpoint
     note: str  # the exact signed-note text, as published
 
@@ -84,6 +104,11 @@ class SignedCheckpoint:
 
 
 def default_origin(station_id: str) -> str:
+    """The origin of a station that names none: ``evidock/<station id>``.
+
+    The origin is also the station key's name, so it must be a valid signed-note
+    key name; raises InputError if it is not.
+    """
     origin = f"evidock/{station_id}"
     check_key_name(origin)
     return origin
@@ -102,6 +127,11 @@ class CheckpointSigner:
         self.state_path = state_path
 
     def last_signed(self) -> tuple[int, bytes] | None:
+        """The (size, root) this signer last signed, or None before its first signature.
+
+        Raises InputError if the state file cannot be read or is for another origin:
+        signing without it could sign a rolled-back or forked ledger.
+        """
         try:
             state = json.loads(self.state_path.read_text())
         except FileNotFoundError:

@@ -43,6 +43,7 @@ class FileDigest:
 
     @property
     def sha256_hex(self) -> str:
+        """The whole-file SHA-256 in lowercase hex, as ``sha256sum`` and the store name it."""
         return self.sha256.hex()
 
 
@@ -108,6 +109,11 @@ class StreamDigester:
             self._whole.start()
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Digest the next bytes of the file, in order.
+
+        Returns only when both hashes are done with ``data``, so the caller may
+        refill its buffer at once. Re-raises what the whole-file thread raised.
+        """
         view = memoryview(data).cast("B")
         if not view:
             return
@@ -138,6 +144,10 @@ class StreamDigester:
             pos += take
 
     def finish(self) -> FileDigest:
+        """Close the last, partial chunk, stop the helper thread and return the digest.
+
+        Call it once, after the last ``update``.
+        """
         if self._partial_len:
             self._chunks.append(self._partial.digest())
             self._partial = hashlib.sha256(b"\x00")
@@ -148,6 +158,7 @@ class StreamDigester:
         return result
 
     def close(self) -> None:
+        """Stop the whole-file helper thread; idempotent (the context manager calls it)."""
         if self._whole is not None:
             self._whole.stop()
             self._whole = None

@@ -41,6 +41,12 @@ EXPORT = (
 
 
 def check_station_id(station_id: str) -> None:
+    """Refuse a station id that cannot name a station everywhere it appears.
+
+    The id goes into the default origin (a signed-note key name) and MQTT
+    topics, so it is 1-64 of ``[A-Za-z0-9._-]``, starting with a letter or
+    digit. Raises InputError naming the rule.
+    """
     if not STATION_ID_RE.fullmatch(station_id):
         raise InputError(
             f"station id {station_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
@@ -100,6 +106,11 @@ def clock_reading() -> tuple[str, str]:
 
 
 def parse_time(text: str) -> datetime:
+    """Parse an entry's ``time``: RFC 3339 in UTC with a ``Z``, as ``clock_reading`` writes it.
+
+    Raises InputError for any other spelling (an offset, no seconds): every
+    entry's time is UTC, whatever zone the dock was set to.
+    """
     if not TIME_RE.fullmatch(text):
         raise InputError(f"time {text!r} is not RFC 3339 UTC (…Z)")
     return datetime.fromisoformat(text[:-1] + "+00:00")
@@ -126,6 +137,7 @@ class Entry:
 
     @property
     def leaf(self) -> bytes:
+        """The RFC 9162 §2.1.1 leaf hash of the entry's bytes: what the tree stores for it."""
         return leaf_hash(self.raw)
 
     @classmethod

@@ -38,15 +38,23 @@ EXIT_OK, EXIT_INTEGRITY, EXIT_USAGE, EXIT_UNVERIFIABLE, EXIT_TRANSIENT = 0, 1, 2
 
 @dataclass(frozen=True)
 class Finding:
+    """One fault a verification found.
+
+    ``kind`` is from the vocabulary above (what scripts key on), ``place`` says
+    where (a path, an entry, a tree node) and ``detail`` what differs, in words.
+    """
+
     kind: str
     place: str
     detail: str
 
     @property
     def is_warning(self) -> bool:
+        """Whether it is reported without failing the verification (``WARNINGS``)."""
         return self.kind in WARNINGS
 
     def as_dict(self) -> dict[str, str]:
+        """The finding as the JSON report writes it."""
         return {"kind": self.kind, "place": self.place, "detail": self.detail}
 
 
@@ -60,17 +68,29 @@ class Report:
     checked: dict[str, Any] = field(default_factory=dict)
 
     def add(self, kind: str, place: str, detail: str) -> None:
+        """Record a finding; the verification goes on, so one run names every fault."""
         self.findings.append(Finding(kind, place, detail))
 
     def cannot(self, reason: str) -> None:
+        """Record why part of the verification could not be done.
+
+        Without a failure the exit code is then EXIT_UNVERIFIABLE, never EXIT_OK: an
+        incomplete check must not read as a pass.
+        """
         self.unverifiable.append(reason)
 
     @property
     def failures(self) -> list[Finding]:
+        """The findings that fail the verification: all but the warnings."""
         return [f for f in self.findings if not f.is_warning]
 
     @property
     def exit_code(self) -> int:
+        """EXIT_INTEGRITY on a failure, else EXIT_UNVERIFIABLE if a part went unchecked, or EXIT_OK.
+
+        A failure outranks an incomplete check (style.md 10): what was found stands
+        even if other parts could not be verified.
+        """
         if self.failures:
             return EXIT_INTEGRITY
         if self.unverifiable:
@@ -78,9 +98,11 @@ class Report:
         return EXIT_OK
 
     def kinds(self) -> set[str]:
+        """The kinds of finding present, for scripts and tests that key on them."""
         return {f.kind for f in self.findings}
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON values: verdict, exit code, findings, what was and was not checked."""
         return {
             "subject": self.subject,
             "ok": self.exit_code == EXIT_OK,
@@ -91,6 +113,7 @@ class Report:
         }
 
     def render(self) -> str:
+        """The report as text for a terminal or a printed page, ending in one RESULT line."""
         lines = [f"verifying {self.subject}"]
         lines += [f"  {k}: {v}" for k, v in self.checked.items()]
         if self.findings:

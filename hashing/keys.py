@@ -38,9 +38,16 @@ class KeyStore:
 
     @property
     def key_path(self) -> Path:
+        """``station.key``: the private key in Go's note signer-key encoding."""
         return self.folder / KEY_FILE
 
     def create(self, name: str) -> NoteSigner:
+        """Generate the station key, named ``name``, and write it 0600 in a 0700 folder.
+
+        Raises ConfigError if a key is already there: a new key without a
+        ``key_rotation`` entry would break the key history verifiers follow (rotate
+        instead). Raises InputError if ``name`` is not a valid key name.
+        """
         make_private_dir(self.folder)
         if self.key_path.exists():
             raise ConfigError(f"{self.key_path} exists; refusing to replace a station key")
@@ -49,6 +56,12 @@ class KeyStore:
         return signer
 
     def load(self) -> NoteSigner:
+        """Read the station's private key.
+
+        Raises ConfigError if it cannot be read or if group or others may read it (a
+        key others can read may have been copied), InputError if the file does not
+        hold a signer key.
+        """
         try:
             mode = self.key_path.stat().st_mode & 0o777
             text = self.key_path.read_text()
@@ -61,6 +74,12 @@ class KeyStore:
         return NoteSigner.parse(text)
 
     def checkpoint_signer(self, origin: str) -> CheckpointSigner:
+        """A CheckpointSigner with the station key and its record of what it last signed.
+
+        The record (``signer-state.json``) sits beside the key so that replacing the
+        ledger with an older copy cannot make the key sign a rollback. Raises what
+        ``load`` raises.
+        """
         return CheckpointSigner(self.load(), origin, self.folder / STATE_FILE)
 
     def replace(self, new: NoteSigner) -> None:
@@ -89,6 +108,11 @@ class KeyStore:
 
 
 def rotation_body(station: str, seq: int, old: NoteSigner, new: NoteSigner) -> dict[str, str]:
+    """The body of a ``key_rotation`` entry at ``seq``, from ``old`` to ``new``.
+
+    Both keys sign entries.rotation_statement: the old key vouches for its
+    successor, the new key proves possession.
+    """
     statement = rotation_statement(station, seq, old.verifier.vkey, new.verifier.vkey)
     return {
         "old_key": old.verifier.vkey,
@@ -147,6 +171,7 @@ class KeyHistory:
         return cls(epochs)
 
     def key_for_size(self, size: int) -> NoteVerifier:
+        """The key signing checkpoints of size ``size``: the last epoch starting at or below it."""
         key = self.epochs[0].key
         for epoch in self.epochs:
             if epoch.from_size <= size:
@@ -154,9 +179,11 @@ class KeyHistory:
         return key
 
     def keys(self) -> list[NoteVerifier]:
+        """Every key the station has had, oldest first: what any of its checkpoints opens with."""
         return [e.key for e in self.epochs]
 
     def epoch_of(self, key: NoteVerifier) -> KeyEpoch | None:
+        """The epoch in which ``key`` was in force, or None if the station never had it."""
         return next((e for e in self.epochs if e.key == key), None)
 
 

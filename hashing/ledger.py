@@ -40,6 +40,7 @@ migrations = Migrations("evidock.ledger")
 
 @migrations()
 def m001_ledger(db: Database) -> None:
+    """Create the ledger's tables, and triggers keeping entries, nodes, checkpoints append-only."""
     for sql in (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE entries (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, data BLOB NOT NULL)",
@@ -109,6 +110,11 @@ class LedgerTx:
         self.appended: list[Entry] = []
 
     def append(self, kind: str, body: Mapping[str, Any]) -> Entry:
+        """Append the next entry of ``kind`` (this station, chained to the head, dated now).
+
+        It is durable only when the transaction commits. Raises InputError if
+        ``body`` cannot be canonical JSON.
+        """
         entry = build_entry(
             seq=self.size, kind=kind, station=self._ledger.station, prev=self._prev, body=body
         )
@@ -183,6 +189,7 @@ class Ledger:
             fd.close()
 
     def migrate(self) -> None:
+        """Bring the ledger's own schema up to date; run on every open, and a no-op when current."""
         self.apply_migrations(migrations)
 
     def apply_migrations(self, other: Migrations) -> None:
@@ -191,10 +198,15 @@ class Ledger:
             other.apply(Database(self._conn))
 
     def close(self) -> None:
+        """Close the database connection; the Ledger cannot be used after."""
         with self._lock:
             self._conn.close()
 
     def meta(self, key: str) -> str:
+        """A value from the ``meta`` table (``station``, ``origin``).
+
+        Raises ConfigError if it is missing: the file is not an evidock ledger.
+        """
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
             raise ConfigError(f"{self.path}: ledger has no {key!r}; is it an evidock ledger?")
@@ -209,21 +221,32 @@ class Ledger:
             yield LedgerTx(self, self._conn)
 
     def append(self, kind: str, body: Mapping[str, Any]) -> Entry:
+        """Append one entry in its own durable transaction; returns after the commit.
+
+        Raises InputError if ``body`` cannot be canonical JSON.
+        """
         with self.transaction() as tx:
             return tx.append(kind, body)
 
     # -- reading -----------------------------------------------------------
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one query under the ledger's lock and return every row.
+
+        For reads of the side tables (style.md 5) and audits; a write belongs in
+        ``transaction``, where it commits together with the entry that records it.
+        """
         with self._lock:
             return list(self._conn.execute(sql, params))
 
     def size(self) -> int:
+        """The number of entries, which is the current tree size."""
         with self._lock:
             row = self._conn.execute("SELECT max(seq) FROM entries").fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
     def entry(self, seq: int) -> Entry:
+        """Entry ``seq``, parsed. Raises InputError if there is none or its bytes do not parse."""
         with self._lock:
             row = self._conn.execute("SELECT data FROM entries WHERE seq = ?", (seq,)).fetchone()
         if row is None:
@@ -246,6 +269,7 @@ class Ledger:
             pos = rows[-1][0] + 1
 
     def entries_of_type(self, kind: str) -> Iterator[Entry]:
+        """Every entry of one type, in ledger order, found by index rather than by a scan."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT data FROM entries WHERE type = ? ORDER BY seq", (kind,)
@@ -271,21 +295,36 @@ class Ledger:
             raise InputError(f"tree size {size} is outside the ledger (it has {have} entries)")
 
     def leaf_hash(self, seq: int) -> bytes:
+        """The stored leaf hash (RFC 9162 §2.1.1) of entry ``seq``; InputError if there is none."""
         with self._lock:
             return self._node(self._conn, 0, seq)
 
     def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` entries (default: all) from stored subtrees (RFC 9162 §2.1.1).
+
+        Raises InputError if ``size`` is outside the ledger or a stored node is missing.
+        """
         with self._lock:
             size = self.size() if size is None else size
             self._check_size(size)
             return EMPTY_ROOT if size == 0 else self._hasher().root(size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[size]) of RFC 9162 §2.1.3.1, from stored nodes.
+
+        Raises InputError if ``size`` is outside the ledger, ValueError if ``index``
+        is not a leaf of that tree.
+        """
         with self._lock:
             self._check_size(size)
             return self._hasher().inclusion_proof(index, size)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """PROOF(old_size, D[new_size]) of RFC 9162 §2.1.4.1, from stored nodes.
+
+        Raises InputError if ``new_size`` is outside the ledger, ValueError if
+        ``old_size`` is negative or larger than ``new_size``.
+        """
         with self._lock:
             self._check_size(new_size)
             return self._hasher().consistency_proof(old_size, new_size)

@@ -56,6 +56,12 @@ class SubtreeHasher:
         self._lookup = lookup
 
     def subtree(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) (RFC 9162 §2.1.1).
+
+        A complete subtree is one lookup; any other range splits at the largest power
+        of two below its size. Raises ValueError for an empty range, and whatever the
+        lookup raises for a node it does not have.
+        """
         n = end - start
         if n <= 0:
             raise ValueError(f"empty subtree [{start}, {end})")
@@ -65,6 +71,7 @@ class SubtreeHasher:
         return node_hash(self.subtree(start, start + k), self.subtree(start + k, end))
 
     def root(self, size: int) -> bytes:
+        """MTH(D[0:size]); the empty-tree hash for size 0 (RFC 9162 §2.1.1)."""
         return EMPTY_ROOT if size == 0 else self.subtree(0, size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
@@ -116,6 +123,7 @@ def hasher_over_leaves(leaf_hashes: Sequence[bytes]) -> SubtreeHasher:
 
 
 def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
+    """MTH over leaf hashes held in memory (RFC 9162 §2.1.1), e.g. a file's chunk tree."""
     return hasher_over_leaves(leaf_hashes).root(len(leaf_hashes))
 
 
@@ -227,6 +235,7 @@ class CompactRange:
         return closed
 
     def root(self) -> bytes:
+        """MTH of the leaves folded in so far (RFC 9162 §2.1.1), from the right edge alone."""
         if not self._stack:
             return EMPTY_ROOT
         r = self._stack[-1][1]
@@ -235,5 +244,6 @@ class CompactRange:
         return r
 
     def extend(self, leaves: Iterable[bytes]) -> None:
+        """Fold leaf hashes in, in order, dropping the subtrees they close (for the root alone)."""
         for leaf in leaves:
             self.append(leaf)

@@ -38,6 +38,11 @@ def check_key_name(name: str) -> None:
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
+    """The signed-note key id: the first 4 bytes of SHA-256(name || 0x0A || 0x01 || key).
+
+    It lets a reader match a signature line to one of its keys without trying
+    each; it is no proof of anything, the signature is.
+    """
     return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]
 
 
@@ -57,10 +62,12 @@ class NoteVerifier:
 
     @property
     def key_id(self) -> bytes:
+        """This key's 4-byte signed-note key id."""
         return key_id(self.name, self.public_key)
 
     @property
     def key_id_hex(self) -> str:
+        """The key id as the 8 lowercase hex digits of the verifier-key text."""
         return self.key_id.hex()
 
     def __str__(self) -> str:
@@ -68,6 +75,7 @@ class NoteVerifier:
 
     @property
     def vkey(self) -> str:
+        """The verifier-key text ``name+hexid+base64(0x01 || key)`` (signed-note), as pinned."""
         encoded = base64.b64encode(bytes([ALG_ED25519]) + self.public_key).decode()
         return f"{self.name}+{self.key_id_hex}+{encoded}"
 
@@ -91,6 +99,11 @@ class NoteVerifier:
         return verifier
 
     def verify(self, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is this key's Ed25519 signature over ``message``.
+
+        False for a bad signature, never an exception: the caller decides what a
+        failure means (open_note rejects the whole note).
+        """
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
         except InvalidSignature:
@@ -107,17 +120,20 @@ class NoteSigner:
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
+        """A new random Ed25519 key named ``name``; InputError if that is no valid key name."""
         check_key_name(name)
         return cls(name, Ed25519PrivateKey.generate())
 
     @property
     def verifier(self) -> NoteVerifier:
+        """The public half, under the same name."""
         public = self._private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         return NoteVerifier(self.name, public)
 
     def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature over ``message``."""
         return self._private.sign(message)
 
     def private_text(self) -> str:
@@ -132,6 +148,11 @@ class NoteSigner:
 
     @classmethod
     def parse(cls, text: str) -> NoteSigner:
+        """Read Go's signer-key text, ``PRIVATE+KEY+name+hexid+base64(0x01 || seed)``.
+
+        Raises InputError if it is malformed, not Ed25519, or its key id does not
+        match the key (a damaged or hand-edited file).
+        """
         parts = text.strip().split("+", 4)  # the base64 key may hold '+' (Go's chop)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise InputError("signer key: want PRIVATE+KEY+name+keyid+key")
@@ -148,11 +169,14 @@ class NoteSigner:
 
 @dataclass(frozen=True)
 class NoteSignature:
+    """One signature line of a note: key name, 4-byte key id and signature, not verified."""
+
     name: str
     key_id: bytes
     signature: bytes
 
     def line(self) -> str:
+        """The line as signed-note writes it: em dash, name, base64(key id || signature)."""
         return (
             f"{SIG_PREFIX}{self.name} {base64.b64encode(self.key_id + self.signature).decode()}\n"
         )
@@ -160,6 +184,13 @@ class NoteSignature:
 
 @dataclass(frozen=True)
 class OpenedNote:
+    """A note whose signatures were checked against the reader's keys.
+
+    ``verified`` are the known keys that signed ``text``; ``unverified`` the
+    signatures by keys the reader does not know, kept to name them in messages,
+    proving nothing.
+    """
+
     text: str
     verified: tuple[NoteVerifier, ...]
     unverified: tuple[NoteSignature, ...]  # signatures by keys the reader does not know
@@ -177,6 +208,10 @@ def check_text(text: str) -> None:
 
 
 def sign_note(text: str, signers: list[NoteSigner]) -> str:
+    """Sign ``text`` with every signer: the text, a blank line, one signature line each.
+
+    Raises InputError if the text breaks the signed-note rules (check_text).
+    """
     check_text(text)
     message = text.encode()
     lines = [NoteSignature(s.name, s.verifier.key_id, s.sign(message)).line() for s in signers]

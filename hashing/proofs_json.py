@@ -13,10 +13,12 @@ from typing import Any
 
 
 def b64(h: bytes) -> str:
+    """Standard base64 of a hash, as C2SP checkpoints spell hashes."""
     return base64.b64encode(h).decode()
 
 
 def inclusion_json(index: int, size: int, root: bytes, hashes: list[bytes]) -> dict[str, Any]:
+    """An RFC 9162 §2.1.3 inclusion proof, as `evidock prove` prints it and bundles carry it."""
     return {
         "index": index,
         "tree_size": size,
@@ -28,6 +30,7 @@ def inclusion_json(index: int, size: int, root: bytes, hashes: list[bytes]) -> d
 def consistency_json(
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, hashes: list[bytes]
 ) -> dict[str, Any]:
+    """An RFC 9162 §2.1.4 consistency proof, as `evidock prove` prints it and bundles carry it."""
     return {
         "old_size": old_size,
         "new_size": new_size,

@@ -382,6 +382,11 @@ class Roster:
         self._disabled: set[str] = set()
 
     def observe(self, body: Mapping[str, Any]) -> None:
+        """Take one ``user`` entry into account; call in ledger order.
+
+        An ``add`` not made from the console or by an enabled admin is ignored, so no
+        one can grant a role, least of all admin, without an admin.
+        """
         name, action = _text(body.get("name")), body.get("action")
         if name is None:
             return
@@ -394,6 +399,7 @@ class Roster:
             self._disabled.add(name)
 
     def is_admin(self, name: object) -> bool:
+        """Whether ``name`` is an enabled admin at this point of the ledger (may release holds)."""
         return (
             isinstance(name, str) and self._roles.get(name) == ADMIN and name not in self._disabled
         )
@@ -610,9 +616,11 @@ class Judge:
         return len(self._records)
 
     def digests(self) -> list[str]:
+        """Every recording ingested so far, in the order of their ingest entries."""
         return list(self._records)
 
     def holds_covering(self, sha256: str) -> tuple[int, ...]:
+        """The unreleased holds (entry seqs) on ``sha256`` itself or on one of its cases."""
         record = self._records.get(sha256)
         found = set(self._file_holds.get(sha256, ()))
         if record is not None:
@@ -621,6 +629,7 @@ class Judge:
         return tuple(sorted(found))
 
     def standing(self, sha256: str) -> Standing | None:
+        """What the rule knows of a recording from the entries so far; None if not ingested."""
         record = self._records.get(sha256)
         if record is None:
             return None

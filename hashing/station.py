@@ -31,6 +31,7 @@ DEFAULT_HOME = Path("/var/lib/evidock")
 
 
 def software_version() -> str:
+    """``evidock <version>``, for the genesis entry: an auditor learns what started the ledger."""
     try:
         return f"evidock {version('evidock')}"
     except PackageNotFoundError:
@@ -39,6 +40,12 @@ def software_version() -> str:
 
 @dataclass(eq=False)  # identity, not value: one open station is one object
 class Station:
+    """An open station: its state folder and the ledger, key store and store in it.
+
+    Made by ``init`` (a new station) or ``open`` (an existing one); ``close`` it
+    when done.
+    """
+
     home: Path
     ledger: Ledger
     keys: KeyStore
@@ -46,10 +53,12 @@ class Station:
 
     @property
     def station_id(self) -> str:
+        """The station id the ledger was created with."""
         return self.ledger.station
 
     @property
     def origin(self) -> str:
+        """The checkpoint origin, which is also the station key's name."""
         return self.ledger.origin
 
     @staticmethod
@@ -79,6 +88,12 @@ class Station:
 
     @classmethod
     def open(cls, home: Path) -> Station:
+        """Open an existing station and finish what a crash left undone.
+
+        Migrates the ledger, completes or discards an interrupted key rotation, and
+        removes partial copies left by processes that are gone. Raises ConfigError
+        if ``home`` holds no station, and what the ledger and key store raise.
+        """
         db_path, keys, store = cls._parts(home)
         if not db_path.exists():
             raise ConfigError(
@@ -117,9 +132,15 @@ class Station:
         staged.unlink()
 
     def close(self) -> None:
+        """Close the ledger."""
         self.ledger.close()
 
     def key_history(self) -> KeyHistory:
+        """Which key signed which tree sizes, from the genesis and key_rotation entries.
+
+        Raises InputError if that history is malformed, SignatureError if a rotation
+        is not signed by both its keys.
+        """
         genesis = [self.ledger.entry(0)] if self.ledger.size() else []
         return KeyHistory.from_entries([*genesis, *self.ledger.entries_of_type(KEY_ROTATION)])
 

@@ -24,20 +24,29 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class Store:
+    """The content-addressed store ``root`` and its ``staging`` folder for copies in progress."""
+
     def __init__(self, root: Path, staging: Path) -> None:
         self.root = root
         self.staging = staging
 
     def ensure(self) -> None:
+        """Create the store and staging folders (0700) if they are missing."""
         make_private_dir(self.root)
         make_private_dir(self.staging)
 
     def path_for(self, sha256_hex: str) -> Path:
+        """Where the file with this digest is stored: ``ab/cd/<sha256>``.
+
+        Raises InputError unless ``sha256_hex`` is 64 lowercase hex digits, so no
+        name from outside can reach a path outside the store.
+        """
         if not _HEX64.fullmatch(sha256_hex):
             raise InputError(f"{sha256_hex!r} is not a SHA-256 hex digest")
         return self.root / sha256_hex[:2] / sha256_hex[2:4] / sha256_hex
 
     def has(self, sha256_hex: str) -> bool:
+        """Whether a file is stored under this digest, by name (the audit checks the bytes)."""
         return self.path_for(sha256_hex).is_file()
 
     def new_staging_path(self) -> Path:

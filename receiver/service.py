@@ -221,6 +221,7 @@ class Receiver:
         return self._signer.verifier
 
     def close(self) -> None:
+        """Close the database; the spool and the store keep no files open between calls."""
         with self._lock:
             self._db.close()
 
@@ -245,6 +246,7 @@ class Receiver:
             return self._db.held_all()
 
     def topics(self, station: str) -> protocol.Topics:
+        """The MQTT topics of ``station`` under the configured prefix (uploader.protocol.Topics)."""
         return protocol.Topics(station, self.settings.prefix_template)
 
     # -- maintenance ---------------------------------------------------------

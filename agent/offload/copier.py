@@ -182,9 +182,7 @@ def _copy_small(
             if n == 0:
                 break
             digester.update(view[:n])
-            chunk = view[:n]
-            while chunk:
-                chunk = chunk[os.write(out_fd, chunk) :]
+            _write_fully(out_fd, view[:n])
     finally:
         digest = digester.finish()
     _recycle(src_fd, 0, digest.size)
@@ -198,6 +196,12 @@ def _copy_small(
         done += n
     _recycle(check_fd, 0, done)
     return digest, (check.digest(), done)
+
+
+def _write_fully(fd: int, view: memoryview) -> None:
+    """Write all of ``view``: os.write may write less than it is given."""
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _close(*fds: int) -> None:
@@ -220,126 +224,186 @@ def _run_pipeline(
     source_name: str,
     stop: threading.Event | None = None,
 ) -> tuple[FileDigest, tuple[bytes, int]]:
-    failure = _Failure()
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(BUFFERS):
-        free.put(bytearray(READ_SIZE))
-    to_hash: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-    to_write: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-    to_check: queue.Queue[tuple[int, int] | None] = queue.Queue()
-    check = hashlib.sha256()
-    checked = [0]
+    """Copy a large file through the pipeline; returns (digest, (re-read SHA-256, length)).
 
-    def reader() -> None:
-        pos = 0
+    Raises the first error any stage raised (DeviceError, DigestMismatchError,
+    StoppedError, OSError), after every stage has stopped.
+    """
+    return _Pipeline(src_fd, out_fd, check_fd, source_name, stop).run()
+
+
+class _Pipeline:
+    """The stages of one large copy (module docstring) and the queues between them.
+
+    Buffers go free -> reader -> digest (the caller's thread) -> writer -> free;
+    the writer hands settled windows (offset, length) to the verifier. Each
+    stage catches what it raises into ``failure``; after one, buffers still
+    return to ``free`` and every queue still ends with its None, so no stage
+    waits for ever. ``run`` joins them all and raises the first error.
+    """
+
+    def __init__(
+        self,
+        src_fd: int,
+        out_fd: int,
+        check_fd: int,
+        source_name: str,
+        stop: threading.Event | None,
+    ) -> None:
+        self.src_fd, self.out_fd, self.check_fd = src_fd, out_fd, check_fd
+        self.source_name = source_name
+        self.stop = stop
+        self.failure = _Failure()
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(BUFFERS):
+            self.free.put(bytearray(READ_SIZE))
+        self.to_hash: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.to_write: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.to_check: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self.check = hashlib.sha256()  # of the bytes re-read from the staged copy
+        self.checked = 0  # how many bytes were re-read
+
+    def run(self) -> tuple[FileDigest, tuple[bytes, int]]:
+        """Start the stages, digest in this thread, join them; raise the first error."""
+        threads = [
+            threading.Thread(target=self._reader, name="copy-read", daemon=True),
+            threading.Thread(target=self._writer, name="copy-write", daemon=True),
+            threading.Thread(target=self._verifier, name="copy-verify", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        digester = StreamDigester()
         try:
-            with contextlib.suppress(OSError):  # a hint: more read-ahead
-                os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            while not failure.event.is_set():
-                _check_stop(stop, source_name)
-                buf = free.get()
-                try:
-                    n = os.readv(src_fd, [buf])
-                except OSError as e:
-                    raise DeviceError(f"{source_name}: read failed: {e.strerror}") from e
-                if n == 0:
-                    free.put(buf)
-                    break
-                _recycle(src_fd, pos, n)  # read once (module docstring)
-                pos += n
-                to_hash.put((buf, n))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            failure.set(e)
+            self._digest(digester)
         finally:
-            to_hash.put(None)
+            self.to_write.put(None)
+            for t in threads:
+                t.join()
+            digest = digester.finish()
+        if self.failure.error is not None:
+            raise self.failure.error
+        return digest, (self.check.digest(), self.checked)
 
-    def writer() -> None:
-        written = window_start = 0
-        pending: tuple[int, int] | None = None  # a window whose write-back has started
-        try:
-            while (item := to_write.get()) is not None:
-                buf, n = item
-                if not failure.event.is_set():
-                    view = memoryview(buf)[:n]
-                    while view:
-                        view = view[os.write(out_fd, view) :]
-                    written += n
-                    if written - window_start >= WINDOW:
-                        _start_writeback(out_fd, window_start, written - window_start)
-                        if pending is not None:
-                            _settle(*pending)
-                        pending = (window_start, written - window_start)
-                        window_start = written
-                free.put(buf)
-            if failure.event.is_set():
-                return
-            if pending is not None:
-                _settle(*pending)  # so that its re-read overlaps the fsync below
-            # design.md step 2: fsync, then re-read what is left.
-            os.fsync(out_fd)
-            if written > window_start:
-                os.posix_fadvise(
-                    out_fd, window_start, written - window_start, os.POSIX_FADV_DONTNEED
-                )
-                to_check.put((window_start, written - window_start))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            failure.set(e)
-            while (item := to_write.get()) is not None:
-                free.put(item[0])
-        finally:
-            to_check.put(None)
+    # -- digest: the caller's thread ---------------------------------------
 
-    def _settle(start: int, length: int) -> None:
-        _finish_writeback(out_fd, start, length)
-        os.posix_fadvise(out_fd, start, length, os.POSIX_FADV_DONTNEED)
-        to_check.put((start, length))
-
-    def verifier() -> None:
-        buf = bytearray(READ_SIZE)
-        try:
-            while (item := to_check.get()) is not None:
-                start, length = item
-                if failure.event.is_set():
-                    continue
-                os.posix_fadvise(check_fd, start, length, os.POSIX_FADV_DONTNEED)
-                end = start + length
-                while start < end:
-                    n = os.preadv(check_fd, [memoryview(buf)[: min(READ_SIZE, end - start)]], start)
-                    if n == 0:
-                        raise DigestMismatchError(
-                            f"{source_name}: staged copy is shorter than written"
-                        )
-                    check.update(memoryview(buf)[:n])
-                    _recycle(check_fd, start, n)
-                    start += n
-                    checked[0] += n
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            failure.set(e)
-            while to_check.get() is not None:
-                pass
-
-    threads = [
-        threading.Thread(target=reader, name="copy-read", daemon=True),
-        threading.Thread(target=writer, name="copy-write", daemon=True),
-        threading.Thread(target=verifier, name="copy-verify", daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    digester = StreamDigester()
-    try:
-        while (item := to_hash.get()) is not None:
+    def _digest(self, digester: StreamDigester) -> None:
+        """Digest each buffer read, then pass it on to the writer (even after a failure)."""
+        while (item := self.to_hash.get()) is not None:
             buf, n = item
-            if not failure.event.is_set():
+            if not self.failure.event.is_set():
                 try:
                     digester.update(memoryview(buf)[:n])
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
-                    failure.set(e)
-            to_write.put(item)
-    finally:
-        to_write.put(None)
-        for t in threads:
-            t.join()
-        digest = digester.finish()
-    if failure.error is not None:
-        raise failure.error
-    return digest, (check.digest(), checked[0])
+                    self.failure.set(e)
+            self.to_write.put(item)
+
+    # -- read --------------------------------------------------------------
+
+    def _reader(self) -> None:
+        try:
+            self._read_source()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self.failure.set(e)
+        finally:
+            self.to_hash.put(None)
+
+    def _read_source(self) -> None:
+        """Fill free buffers from the source until its end, a failure or a stop."""
+        pos = 0
+        with contextlib.suppress(OSError):  # a hint: more read-ahead
+            os.posix_fadvise(self.src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while not self.failure.event.is_set():
+            _check_stop(self.stop, self.source_name)
+            buf = self.free.get()
+            try:
+                n = os.readv(self.src_fd, [buf])
+            except OSError as e:
+                raise DeviceError(f"{self.source_name}: read failed: {e.strerror}") from e
+            if n == 0:
+                self.free.put(buf)
+                break
+            _recycle(self.src_fd, pos, n)  # read once (module docstring)
+            pos += n
+            self.to_hash.put((buf, n))
+
+    # -- write -------------------------------------------------------------
+
+    def _writer(self) -> None:
+        try:
+            self._write_copy()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self.failure.set(e)
+            while (item := self.to_write.get()) is not None:
+                self.free.put(item[0])
+        finally:
+            self.to_check.put(None)
+
+    def _write_copy(self) -> None:
+        """Write each digested buffer, settle it window by window, then fsync the file."""
+        written = window_start = 0
+        pending: tuple[int, int] | None = None  # a window whose write-back has started
+        while (item := self.to_write.get()) is not None:
+            buf, n = item
+            if not self.failure.event.is_set():
+                _write_fully(self.out_fd, memoryview(buf)[:n])
+                written += n
+                if written - window_start >= WINDOW:
+                    _start_writeback(self.out_fd, window_start, written - window_start)
+                    if pending is not None:
+                        self._settle(*pending)
+                    pending = (window_start, written - window_start)
+                    window_start = written
+            self.free.put(buf)
+        if self.failure.event.is_set():
+            return
+        if pending is not None:
+            self._settle(*pending)  # so that its re-read overlaps the fsync below
+        # design.md step 2: fsync, then re-read what is left.
+        os.fsync(self.out_fd)
+        if written > window_start:
+            os.posix_fadvise(
+                self.out_fd, window_start, written - window_start, os.POSIX_FADV_DONTNEED
+            )
+            self.to_check.put((window_start, written - window_start))
+
+    def _settle(self, start: int, length: int) -> None:
+        """Wait for a window's write-back, drop it from the cache, queue its re-read."""
+        _finish_writeback(self.out_fd, start, length)
+        os.posix_fadvise(self.out_fd, start, length, os.POSIX_FADV_DONTNEED)
+        self.to_check.put((start, length))
+
+    # -- re-read -----------------------------------------------------------
+
+    def _verifier(self) -> None:
+        try:
+            self._reread_windows()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self.failure.set(e)
+            while self.to_check.get() is not None:
+                pass
+
+    def _reread_windows(self) -> None:
+        """Hash every settled window as read back from the device, in order."""
+        view = memoryview(bytearray(READ_SIZE))
+        while (item := self.to_check.get()) is not None:
+            if not self.failure.event.is_set():
+                self._reread(view, *item)
+
+    def _reread(self, view: memoryview, start: int, length: int) -> None:
+        """Read ``[start, start + length)`` of the staged copy from the device into ``check``.
+
+        Raises DigestMismatchError if the copy ends early: fewer bytes are on
+        the disk than were written.
+        """
+        os.posix_fadvise(self.check_fd, start, length, os.POSIX_FADV_DONTNEED)
+        end = start + length
+        while start < end:
+            n = os.preadv(self.check_fd, [view[: min(READ_SIZE, end - start)]], start)
+            if n == 0:
+                raise DigestMismatchError(
+                    f"{self.source_name}: staged copy is shorter than written"
+                )
+            self.check.update(view[:n])
+            _recycle(self.check_fd, start, n)
+            start += n
+            self.checked += n
