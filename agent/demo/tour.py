@@ -11,14 +11,23 @@ user whose generated password is written to a 0600 file beside the station)
 exports the case for a stated purpose, and the export is
 verified offline with only the station's public key and with coreutils, and a
 one-byte edit in a copy of the export is caught.
+
+The daemon is built as `evidock agent` builds it (agent.dock.wiring), from a
+configuration file the demo writes beside its dock folder: the watched folder
+instead of USB and no broker, so its uploader only keeps the queue (a normal
+state the kiosk page shows). With ``--serve`` that dock and its kiosk page go on
+running, and the demo says how to log in: as the supervisor, or as a demo
+auditor (made then, its password in a 0600 file too) who also reads the access log.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +37,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import config
+from agent.config import Config
 from agent.demo.localbroker import Broker, make_pki, mosquitto_missing
 from agent.dock import wiring
-from agent.dock.daemon import Daemon, EventSink, Watcher
-from agent.offload.session import OffloadPolicy
+from agent.dock.daemon import Daemon
+from agent.records import index
 from agent.records import registry as records
 from agent.records.exports import export, export_lines
 from agent.users.accounts import User, Users
 from agent.users.console import console_actor
 from drivers.demo import DemoCamera, Gap
-from drivers.folder import FolderDriver, FolderWatcher
 from hashing.bundle import Selection
 from hashing.errors import ConfigError, EvidockError
 from hashing.findings import EXIT_OK
@@ -54,6 +63,7 @@ CASE = "CASE-2026-0001"
 SERIAL = "DEMO0001"
 OFFICER = "100001"
 SUPERVISOR = "demo-supervisor"
+AUDITOR = "demo-auditor"  # with --serve: the access log on the kiosk page
 
 
 def _say(text: str) -> None:
@@ -81,33 +91,79 @@ def run_demo(home: Path, out: Path | None = None, *, serve: bool = False) -> int
     return code
 
 
-def _kiosk(station: Station, daemon: Daemon) -> KioskServer | None:
-    """The kiosk page on the default address (a demo has no configuration file)."""
-    cfg = config.load(Path(os.devnull))
+def _kiosk_port(address: str, port: int) -> int:
+    """``port`` if nothing listens on it, else a free one: the demo's page must not
+    fail because another kiosk (or another demo) already serves the default."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as KioskServer binds
+        try:
+            probe.bind((address, port))
+        except OSError:
+            pass
+        else:
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def _demo_config(dock: Path) -> Config:
+    """The demo dock's configuration file, written once beside its dock folder and read
+    as `evidock agent` reads /etc/evidock/evidock.toml: the watched folder instead of
+    USB, no wipe, no free-space margin, no broker (uploads stay queued; step 5 sends
+    them through its own local broker), the kiosk on its default address."""
+    path = dock.parent / "evidock.toml"
+    if not path.exists():
+        k = config.load(Path(os.devnull)).values["kiosk"]
+        port = _kiosk_port(k["address"], k["port"])
+        if port != k["port"]:
+            _say(f"   (port {k['port']} is taken: the demo's kiosk page uses port {port})")
+        path.write_text(
+            "# The demo dock (config/evidock.toml documents every key).\n"
+            "[checkpoint]\ninterval_s = 60\n"
+            '[offload]\nwipe = "never"\nfree_margin_mb = 0\n'
+            "[usb]\nenabled = false\n"
+            f"[folder]\nroots = [{json.dumps(str(dock))}]\nquiet_s = 1\n"
+            f"[kiosk]\nport = {port}\n",
+            encoding="utf-8",
+        )
+    return config.load(path)
+
+
+def _kiosk(station: Station, cfg: Config, daemon: Daemon) -> KioskServer | None:
+    """The kiosk page, started as the agent starts it ([kiosk] address and port)."""
     kiosk = wiring.start_kiosk(station, cfg, daemon)
     if kiosk is not None:
-        k = cfg.values["kiosk"]
-        _say(f"   kiosk page (可以拔出 shows on the tile): http://{k['address']}:{k['port']}/")
+        _say(f"   kiosk page (可以拔出 shows on the tile): {kiosk.url}")
     return kiosk
 
 
-def _demo_daemon(station: Station, dock: Path) -> Daemon:
-    policy = OffloadPolicy(wipe="never", free_margin_bytes=0)
+def _demo_daemon(station: Station, cfg: Config) -> Daemon:
+    """The daemon as `evidock agent` builds it: drivers, policy and uploader from ``cfg``."""
+    return wiring.build_daemon(station, cfg)
 
-    def watcher(sink: EventSink) -> Watcher:
-        return FolderWatcher([dock], sink, quiet_s=0.5)
 
-    return Daemon(station, [FolderDriver([dock])], policy, [watcher], checkpoint_interval_s=60)
+def _close_uplink(daemon: Daemon) -> None:
+    """The daemon stops its uploader; the uploader's outbox is closed here."""
+    if isinstance(daemon.uplink, Uploader):
+        daemon.uplink.close()
 
 
 def _serve(home: Path, work: Path) -> None:
     """Keep the demo dock and its kiosk running: drop camera folders into the dock."""
     station = Station.open(home)
     dock = work / "dock"
-    daemon = _demo_daemon(station, dock)
-    kiosk = _kiosk(station, daemon)
+    cfg = _demo_config(dock)
+    auditor_file = home.parent / f"{AUDITOR}.password"
+    _kiosk_user(station, AUDITOR, "auditor", auditor_file)
+    daemon = _demo_daemon(station, cfg)
+    kiosk = _kiosk(station, cfg, daemon)
+    supervisor_file = home.parent / f"{SUPERVISOR}.password"
+    _say(f"   log in (登录) as {SUPERVISOR}, password in {supervisor_file}: recordings")
+    _say(f"   or as {AUDITOR}, password in {auditor_file}: recordings and the access log")
     _say(f"   dock folder (put a camera folder here): {dock}; Ctrl-C stops")
-    _say(f"   add a supervisor: evidock user add NAME --role supervisor --home {home}")
+    _say(f"   add a user: evidock user add NAME --role ROLE --home {home}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     daemon.start()
@@ -118,15 +174,17 @@ def _serve(home: Path, work: Path) -> None:
     finally:
         if kiosk is not None:
             kiosk.stop()
+        _close_uplink(daemon)
         station.close()
 
 
 def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
     """Run the daemon on a watched folder, plug the camera in, follow its tile."""
-    daemon = _demo_daemon(station, dock)
+    cfg = _demo_config(dock)
+    daemon = _demo_daemon(station, cfg)
     stop = threading.Event()
     server = threading.Thread(target=daemon.serve, args=(stop,), name="demo-daemon")
-    kiosk = _kiosk(station, daemon)
+    kiosk = _kiosk(station, cfg, daemon)
     daemon.start()
     server.start()
     try:
@@ -160,6 +218,7 @@ def _dock(station: Station, camera: DemoCamera, dock: Path) -> None:
         server.join(60)
         if kiosk is not None:
             kiosk.stop()
+        _close_uplink(daemon)
 
 
 def _upload(station: Station, work: Path) -> None:
@@ -227,7 +286,12 @@ def _upload(station: Station, work: Path) -> None:
 
 
 def _supervisor(station: Station, secret_file: Path) -> User:
-    """A kiosk supervisor with a generated password, kept in a 0600 file (as
+    """The demo's supervisor, who tags and exports (step 6)."""
+    return _kiosk_user(station, SUPERVISOR, "supervisor", secret_file)
+
+
+def _kiosk_user(station: Station, name: str, role: str, secret_file: Path) -> User:
+    """A kiosk user with a generated password, kept in a 0600 file (as
     `evidock user add --password-file` reads one), logged in as the CLI would."""
     secret = secrets.token_urlsafe(18)
     fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -238,13 +302,13 @@ def _supervisor(station: Station, secret_file: Path) -> User:
         os.close(fd)
     users = Users(station)
     try:
-        users.add(SUPERVISOR, "supervisor", secret, officer=None, by=console_actor())
-        users.logout(users.login(SUPERVISOR, secret, source=console_actor()).token)
-        user = users.get(SUPERVISOR)
+        users.add(name, role, secret, officer=None, by=console_actor())
+        users.logout(users.login(name, secret, source=console_actor()).token)
+        user = users.get(name)
     finally:
         users.close()
     if user is None:
-        raise EvidockError(f"the demo user {SUPERVISOR} could not be created")
+        raise EvidockError(f"the demo user {name} could not be created")
     return user
 
 
@@ -267,12 +331,7 @@ def _steps(home: Path, out: Path, work: Path) -> int:
     _say("3. Docking it: the daemon copies, digests, re-reads, probes and commits each clip")
     _dock(station, camera, dock)
 
-    shas = [
-        str(r[0])
-        for r in station.ledger.execute(
-            "SELECT sha256 FROM files WHERE device = ? ORDER BY seq", (SERIAL,)
-        )
-    ]
+    shas = index.device_digests(station.ledger, SERIAL)
     entry = records.tag(
         station,
         shas,

@@ -228,13 +228,20 @@ def tile_view(
 def uplink_view(
     t: Translator, upload: Mapping[str, Any] | None, offset_minutes: int
 ) -> dict[str, Any]:
-    """The uplink panel: broker link, queue, oldest unsent, last receipt."""
-    if not isinstance(upload, Mapping):
-        return {"state": "unknown", "link": t("uplink.unknown"), "lines": []}
+    """The uplink panel: broker link, queue, oldest unsent, last receipt.
+
+    Every state has the same keys (``state``, ``link``, ``broker``, ``error``,
+    ``note``, ``lines``): the page's template is strict and its script fills the
+    same fields, so a dock without an uploader, or with no broker configured
+    (uploads stay queued: a normal state), renders like any other."""
+    if not isinstance(upload, Mapping):  # the daemon runs without an uploader
+        return _uplink_panel("unknown", t("uplink.unknown"))
     link = upload.get("link") or {}
     queue = upload.get("queue") or {}
+    note = ""
     if not link.get("configured", True):
         state, link_text = "unconfigured", t("uplink.unconfigured")
+        note = t("uplink.unconfigured_note")
     elif link.get("connected"):
         state, link_text = "connected", t("uplink.connected")
     else:
@@ -265,12 +272,28 @@ def uplink_view(
         pct = min(100, sent * 100 // size) if size else 0
         lines.append(t("uplink.current", name=str(current["name"]), pct=pct))
     error = link.get("last_error") if state == "disconnected" else None
+    return _uplink_panel(
+        state, link_text, broker=broker, error=str(error) if error else "", note=note, lines=lines
+    )
+
+
+def _uplink_panel(
+    state: str,
+    link: str,
+    *,
+    broker: str = "",
+    error: str = "",
+    note: str = "",
+    lines: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The uplink panel's one shape (what dock.html and kiosk.js read)."""
     return {
         "state": state,
-        "link": link_text,
+        "link": link,
         "broker": broker,
-        "error": str(error) if error else "",
-        "lines": lines,
+        "error": error,
+        "note": note,
+        "lines": list(lines),
     }
 
 

@@ -74,6 +74,7 @@
     setText(uplink.querySelector('[data-u="link"]'), u.link);
     setText(uplink.querySelector('[data-u="broker"]'), u.broker);
     setText(uplink.querySelector('[data-u="error"]'), u.error);
+    setText(uplink.querySelector('[data-u="note"]'), u.note);
     setList(uplink.querySelector('[data-u="lines"]'), u.lines);
   }
 
