@@ -121,7 +121,7 @@ from agent.records import index as schema
 from agent.records import registry as records
 from agent.users.accounts import LoginError, Session, User, Users
 from agent.users.roles import PermissionDeniedError, can, officer_scope
-from hashing.errors import EvidockError, InputError
+from hashing.errors import EvidockError, InputError, explain
 from hashing.retention import Policy
 from hashing.station import Station
 
@@ -652,7 +652,7 @@ class Kiosk:
         try:
             await run_in_threadpool(access.stored_path, self.station, sha)
         except InputError as e:
-            gone = str(e)
+            gone = explain(e)
         # The page shows the recording's facts and picture: a view, logged first.
         logged = [
             await run_in_threadpool(
@@ -709,7 +709,7 @@ class Kiosk:
                 )
             )
         except InputError as e:
-            return self.error(request, 400, "error.bad_input", who, message=str(e))
+            return self.error(request, 400, "error.bad_input", who, message=explain(e))
         log.info("user %s tagged %d recording(s) (entry %d)", user.name, len(files), entry.seq)
         path, _, query = _local(str(form.get("next", "/recordings"))).partition("?")
         kept = [(k, v) for k, v in parse_qsl(query) if k != "tagged"]
