@@ -3,8 +3,11 @@ connections, so a page never waits behind an offload session's write transaction
 (the ledger's own connection is shared and locked; SQLite's WAL lets readers
 run beside the writer).
 
-Every query takes its values as parameters; a digest is accepted only as 64
-lower-case hex characters, so a name taken from a URL can never become a path.
+The ledger's queries are agent.records.index's (the one module that holds the SQL
+of its side tables), run here on the kiosk's connection; only the outbox's are
+written here. Every query takes its values as parameters; a digest is accepted
+only as 64 lower-case hex characters, so a name taken from a URL can never become
+a path.
 """
 
 from __future__ import annotations
@@ -14,19 +17,22 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from agent.kiosk.views import DeviceUploads
+from agent.records import index
 from hashing.entries import HEX64_RE
 
 PAGE_SIZE = 30
 UPLOADS_TTL_S = 2.0  # a recorder's upload states are re-read at most this often
 _SENDING = ("queued", "initialised", "finished")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def is_sha256(text: str) -> bool:
@@ -52,39 +58,22 @@ class Filters:
     untagged: bool = False
     officer_only: str | None = None
 
-    def where(self, offset_minutes: int) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if self.officer_only is not None:
-            clauses.append("f.officer = ?")
-            params.append(self.officer_only)
+    def query(self, offset_minutes: int) -> index.FileQuery:
+        """The filters as a query of the files index; ``day`` is the station's day
+        (UTC offset ``offset_minutes``)."""
+        officers: tuple[str, ...] = () if self.officer_only is None else (self.officer_only,)
         if self.officer:
-            clauses.append("f.officer = ?")
-            params.append(self.officer)
-        if self.device:
-            clauses.append("f.device = ?")
-            params.append(self.device)
+            officers += (self.officer,)
+        recorded = None
         if self.day is not None:
             zone = timezone(timedelta(minutes=offset_minutes))
             start = datetime(self.day.year, self.day.month, self.day.day, tzinfo=zone)
-            clauses.append("f.recorded_at >= ? AND f.recorded_at < ?")
-            params += [_utc_text(start), _utc_text(start + timedelta(days=1))]
-        if self.untagged:
-            clauses.append("NOT EXISTS (SELECT 1 FROM tags t WHERE t.sha256 = f.sha256)")
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+            recorded = (_utc_text(start), _utc_text(start + timedelta(days=1)))
+        return index.FileQuery(officers, self.device or None, recorded, self.untagged)
 
 
 def _utc_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class TagRow:
-    seq: int
-    case: str
-    kind: str
-    retention: str
-    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -100,7 +89,7 @@ class Recording:
     recorded_at: str | None
     seq: int
     media: dict[str, Any] = field(default_factory=dict)
-    tags: tuple[TagRow, ...] = ()
+    tags: tuple[index.TagRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,7 +101,8 @@ class Page:
 
 
 class Catalog:
-    """Read-only queries over ``ledger.db`` (files, tags, anomalies, wipes) and ``outbox.db``."""
+    """Read-only queries over ``ledger.db`` (agent.records.index's: files, tags, anomalies,
+    wipes, entries) and ``outbox.db``."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -130,19 +120,22 @@ class Catalog:
             if self._outbox is not None:
                 self._outbox.close()
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _read(
+        self,
+        query: Callable[Concatenate[index.Reader, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """An agent.records.index reader on the kiosk's own connection."""
         with self._lock:
-            return self._ledger.execute(sql, tuple(params)).fetchall()
+            return query(self._ledger, *args, **kwargs)
 
     def purged(self, sha256: str) -> bool:
         """Whether a ``purge`` entry names ``sha256``. Entries are append-only, so each
         call reads only the purge entries written since the last (by the type index),
         not all of them for every thumbnail."""
         with self._lock:
-            rows = self._ledger.execute(
-                "SELECT seq, data FROM entries WHERE type = 'purge' AND seq > ? ORDER BY seq",
-                (self._purged_through,),
-            ).fetchall()
+            rows = index.purges_after(self._ledger, self._purged_through)
             for seq, data in rows:
                 named = (json.loads(bytes(data)).get("body") or {}).get("sha256")
                 if isinstance(named, str):
@@ -153,130 +146,92 @@ class Catalog:
     # -- recordings ------------------------------------------------------------------
 
     def page(self, filters: Filters, page: int, offset_minutes: int) -> Page:
-        where, params = filters.where(offset_minutes)
-        (total,) = self._rows(f"SELECT count(*) FROM files f{where}", params)[0]  # noqa: S608 - clauses are fixed text
-        pages = max(1, -(-int(total) // PAGE_SIZE))
+        query = filters.query(offset_minutes)
+        total = self._read(index.count_files, query)
+        pages = max(1, -(-total // PAGE_SIZE))
         page = min(max(1, page), pages)
-        # The page is chosen from the files index alone; only its rows' entries are
-        # read (sorting the join would carry every entry's bytes through the sort).
-        rows = self._rows(
-            "SELECT f.sha256, f.size, f.name, f.device, f.officer, f.recorded_at, f.seq, e.data"  # noqa: S608
-            " FROM (SELECT f.sha256, f.size, f.name, f.device, f.officer, f.recorded_at, f.seq"
-            f" FROM files f{where} ORDER BY f.recorded_at DESC, f.seq DESC LIMIT ? OFFSET ?) f"
-            " JOIN entries e ON e.seq = f.seq ORDER BY f.recorded_at DESC, f.seq DESC",
-            [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE],
-        )
+        rows = self._read(index.files_page, query, PAGE_SIZE, (page - 1) * PAGE_SIZE)
         recordings = [self._recording(r) for r in rows]
         tags = self._tags([r.sha256 for r in recordings])
         recordings = [
             Recording(**{**r.__dict__, "tags": tuple(tags.get(r.sha256, ()))}) for r in recordings
         ]
-        return Page(recordings, int(total), page, pages)
+        return Page(recordings, total, page, pages)
 
     def recording(self, sha256: str) -> Recording | None:
         """One recording by digest, or None (also for anything that is not a digest)."""
         if not is_sha256(sha256):
             return None
-        rows = self._rows(
-            "SELECT f.sha256, f.size, f.name, f.device, f.officer, f.recorded_at, f.seq, e.data"
-            " FROM files f JOIN entries e ON e.seq = f.seq WHERE f.sha256 = ?",
-            (sha256,),
-        )
-        if not rows:
+        row = self._read(index.file_entry, sha256)
+        if row is None:
             return None
-        rec = self._recording(rows[0])
+        rec = self._recording(row)
         return Recording(**{**rec.__dict__, "tags": tuple(self._tags([sha256]).get(sha256, ()))})
 
     def owner(self, sha256: str) -> tuple[bool, str | None]:
         """(known, officer) of a digest: for access checks on thumbnails and media."""
         if not is_sha256(sha256):
             return False, None
-        rows = self._rows("SELECT officer FROM files WHERE sha256 = ?", (sha256,))
-        return (True, rows[0][0]) if rows else (False, None)
+        return self._read(index.file_owner, sha256)
 
     def anomalies_of(self, rec: Recording) -> list[tuple[int, str, str]]:
         """(seq, kind, detail) of the anomalies that name this recording."""
         out = []
-        for seq, kind, detail, files in self._rows(
-            "SELECT seq, kind, detail, files FROM anomalies WHERE device IS ? ORDER BY seq",
-            (rec.device,),
-        ):
+        for anomaly in self._read(index.device_anomalies, rec.device):
             try:
-                named = json.loads(files)
+                named = anomaly.files()
             except ValueError:
                 continue
             if rec.source_path in named or rec.sha256 in named:
-                out.append((int(seq), str(kind), str(detail)))
+                out.append((anomaly.seq, anomaly.kind, anomaly.detail))
         return out
 
     def tag_entry(self, seq: int) -> dict[str, Any] | None:
         """The body of ``tag`` entry ``seq`` (for the confirmation after tagging)."""
-        rows = self._rows("SELECT type, data FROM entries WHERE seq = ?", (seq,))
-        if not rows or rows[0][0] != "tag":
+        row = self._read(index.entry_row, seq)
+        if row is None or row[0] != "tag":
             return None
-        body = json.loads(bytes(rows[0][1])).get("body")
+        body = json.loads(bytes(row[1])).get("body")
         return body if isinstance(body, dict) else None
 
     def last_scrub(self) -> tuple[int, int, bool] | None:
         """(entry, files failing, ledger ok) of the latest ``scrub`` entry, if any."""
-        rows = self._rows(
-            "SELECT seq, data FROM entries WHERE type = 'scrub' ORDER BY seq DESC LIMIT 1"
-        )
-        if not rows:
+        row = self._read(index.latest_scrub)
+        if row is None:
             return None
-        body = json.loads(bytes(rows[0][1])).get("body") or {}
+        body = json.loads(bytes(row[1])).get("body") or {}
         failures = body.get("failures")
         return (
-            int(rows[0][0]),
+            row[0],
             len(failures) if isinstance(failures, list) else 0,
             body.get("ledger") == "ok",
         )
 
     def options(self) -> tuple[list[str], list[str]]:
         """Officers and devices that have recordings, for the filter pickers."""
-        officers = [
-            str(r[0])
-            for r in self._rows("SELECT DISTINCT officer FROM files WHERE officer IS NOT NULL")
-        ]
-        devices = [
-            str(r[0])
-            for r in self._rows("SELECT DISTINCT device FROM files WHERE device IS NOT NULL")
-        ]
+        officers, devices = self._read(index.recording_origins)
         return sorted(officers), sorted(devices)
 
-    def _recording(self, row: tuple[Any, ...]) -> Recording:
-        sha, size, name, device, officer, recorded, seq, data = row
+    def _recording(self, row: index.FileEntry) -> Recording:
         try:
-            body = json.loads(bytes(data)).get("body") or {}
+            body = json.loads(bytes(row.data)).get("body") or {}
         except ValueError:
             body = {}
         media = body.get("media") if isinstance(body.get("media"), dict) else {}
         return Recording(
-            sha256=str(sha),
-            size=int(size),
-            name=str(name),
-            source_path=str(body.get("source_path") or name),
-            device=device,
-            officer=officer,
-            recorded_at=recorded,
-            seq=int(seq),
+            sha256=row.sha256,
+            size=row.size,
+            name=row.name,
+            source_path=str(body.get("source_path") or row.name),
+            device=row.device,
+            officer=row.officer,
+            recorded_at=row.recorded_at,
+            seq=row.seq,
             media=media or {},
         )
 
-    def _tags(self, shas: list[str]) -> dict[str, list[TagRow]]:
-        if not shas:
-            return {}
-        marks = ",".join("?" * len(shas))
-        out: dict[str, list[TagRow]] = {}
-        for seq, sha, case, kind, retention, reason in self._rows(
-            f"SELECT seq, sha256, case_id, kind, retention, reason FROM tags WHERE sha256 IN ({marks})"  # noqa: S608
-            " ORDER BY seq",
-            shas,
-        ):
-            out.setdefault(str(sha), []).append(
-                TagRow(int(seq), str(case), str(kind), str(retention), reason)
-            )
-        return out
+    def _tags(self, shas: list[str]) -> dict[str, list[index.TagRow]]:
+        return self._read(index.tags_of_files, shas)
 
     # -- for the dock tiles ----------------------------------------------------------
 
@@ -288,11 +243,7 @@ class Catalog:
             if key in self._kinds:
                 self._kinds.move_to_end(key)
                 return self._kinds[key]
-        rows = self._rows(
-            "SELECT kind FROM anomalies WHERE device IS ? AND detail = ? ORDER BY seq DESC LIMIT 1",
-            (serial, detail),
-        )
-        kind = str(rows[0][0]) if rows else None
+        kind = self._read(index.anomaly_kind, serial, detail)
         with self._lock:
             self._kinds[key] = kind
             while len(self._kinds) > 4096:
@@ -315,14 +266,7 @@ class Catalog:
         return result
 
     def _read_uploads(self, serial: str) -> DeviceUploads:
-        shas = [
-            str(r[0])
-            for r in self._rows(
-                "SELECT sha256 FROM files WHERE device = ?"
-                " AND sha256 NOT IN (SELECT sha256 FROM wipes WHERE device = ?)",
-                (serial, serial),
-            )
-        ]
+        shas = self._read(index.unwiped_digests, serial)
         if not shas:
             return DeviceUploads()
         outbox = self._outbox_conn()

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.offload.copier import CopyResult, copy_and_verify, open_source
+from agent.records import index
+from agent.records.index import index_ingest as index_ingest  # noqa: PLC0414 - tests/retention_support.py imports it from here
 from hashing import canonical
-from hashing.digest import FileDigest
-from hashing.entries import INGEST, Entry
+from hashing.entries import INGEST
 from hashing.errors import DeviceError, EvidockError
-from hashing.ledger import LedgerTx
 from hashing.station import Station
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,10 @@ class Source:
 
 
 def already_ingested(station: Station, source: Source) -> IngestResult | None:
-    rows = station.ledger.execute("SELECT sha256, seq FROM sources WHERE source = ?", (source.key,))
-    if not rows:
+    known = index.source_ingest(station.ledger, source.key)
+    if known is None:
         return None
-    return IngestResult(str(rows[0][0]), source.display, int(rows[0][1]), new=False)
+    return IngestResult(known[0], source.display, known[1], new=False)
 
 
 def copy_to_staging(
@@ -126,13 +126,10 @@ def commit(
     sha = digest.sha256_hex
     station.store.adopt(staged, sha, digest.size)
     with station.ledger.transaction() as tx:
-        row = tx.conn.execute("SELECT seq FROM files WHERE sha256 = ?", (sha,)).fetchone()
-        if row is not None:
-            tx.conn.execute(
-                "INSERT OR IGNORE INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
-                (source.key, sha, row[0]),
-            )
-            return IngestResult(sha, source.display, int(row[0]), new=False)
+        seq = index.file_seq(tx, sha)
+        if seq is not None:
+            index.index_source_again(tx, source.key, sha, seq)
+            return IngestResult(sha, source.display, seq, new=False)
         body: dict[str, Any] = {
             "sha256": sha,
             "size": digest.size,
@@ -146,35 +143,9 @@ def commit(
             **(extra or {}),
         }
         entry = tx.append(INGEST, body)
-        index_ingest(tx, entry, digest, source.key)
+        index.index_ingest(tx, entry, digest, source.key)
     log.info("ingested %s as %s (entry %d)", source.display, sha, entry.seq)
     return IngestResult(sha, source.display, entry.seq, new=True)
-
-
-def index_ingest(tx: LedgerTx, entry: Entry, digest: FileDigest, source_key: str) -> None:
-    """The ``files`` and ``sources`` rows of an ``ingest`` entry, in its transaction:
-    the store's index (chunk hashes for proofs, who and when for tagging and reports)."""
-    body = entry.body
-    tx.conn.execute(
-        "INSERT INTO files (sha256, size, chunk_size, chunk_root, chunks, seq, name,"
-        " device, officer, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            body["sha256"],
-            digest.size,
-            digest.chunk_size,
-            body["chunk_root"],
-            b"".join(digest.chunk_hashes),
-            entry.seq,
-            body["name"],
-            body.get("device"),
-            body.get("officer"),
-            body.get("recorded_at") or body["source_mtime"],
-        ),
-    )
-    tx.conn.execute(
-        "INSERT INTO sources (source, sha256, seq) VALUES (?, ?, ?)",
-        (source_key, body["sha256"], entry.seq),
-    )
 
 
 def ingest_file(station: Station, path: Path, binding: Binding) -> IngestResult:

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agent._text import check_text
+from agent.records import index
 from agent.records.retention import purge_entries
 from agent.users.roles import PermissionDeniedError, ScopedActor, officer_scope, require
 from hashing.entries import EXPORT, Entry, parse_time
@@ -104,12 +105,7 @@ def authorise(
     wanted = sorted(set(files))
     if not wanted:
         raise InputError("no recordings named")
-    marks = ",".join("?" * len(wanted))
-    rows = station.ledger.execute(
-        f"SELECT sha256, officer FROM files WHERE sha256 IN ({marks})",  # noqa: S608 - placeholders only
-        tuple(wanted),
-    )
-    known = {str(sha): officer for sha, officer in rows}
+    known = index.file_officers(station.ledger, wanted)
     missing = [f for f in wanted if f not in known]
     if missing:
         raise InputError(f"not in the ledger: {', '.join(missing)}")
@@ -207,14 +203,14 @@ def _record(entry: Entry) -> AccessRecord:
     )
 
 
+_BATCH = 2048  # entries read per query by access_records
+
+
 def access_records(station: Station) -> Iterator[AccessRecord]:
     """Every access and export, in ledger order (read in batches: memory stays flat)."""
     after = -1
     while True:
-        rows = station.ledger.execute(
-            "SELECT seq, data FROM entries WHERE type IN (?, ?) AND seq > ? ORDER BY seq LIMIT 2048",
-            (ACCESS, EXPORT, after),
-        )
+        rows = index.entries_after(station.ledger, (ACCESS, EXPORT), after, _BATCH)
         if not rows:
             return
         for _, data in rows:

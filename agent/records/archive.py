@@ -46,6 +46,7 @@ from typing import Any
 
 import jinja2
 
+from agent.records import index
 from agent.records._csv import csv_text
 from agent.records.exports import check_new_path, export, purged
 from agent.users.roles import ScopedActor, require
@@ -127,10 +128,7 @@ def _when(text: str) -> datetime | None:
 
 def _recordings(station: Station, year: int) -> tuple[dict[str, _Recording], dict[str, Any]]:
     """The recordings recorded in ``year`` and the ingest bodies of all, by digest."""
-    recorded_at = {
-        str(sha): text
-        for sha, text in station.ledger.execute("SELECT sha256, recorded_at FROM files")
-    }
+    recorded_at = index.recorded_times(station.ledger)
     chosen: dict[str, _Recording] = {}
     bodies: dict[str, Any] = {}
     for entry in station.ledger.entries_of_type(INGEST):

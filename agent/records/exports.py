@@ -118,10 +118,12 @@ def check_new_path(path: Path, what: str, *, folder: bool) -> None:
         return
     if path.exists() or path.is_symlink():
         raise InputError(
-            f"{what} {path} already exists; choose a new {'folder' if folder else 'file'}"
+            f"{what} {path} already exists", hint=f"choose a new {'folder' if folder else 'file'}"
         )
     if not path.parent.is_dir():
-        raise InputError(f"{what} {path}: folder {path.parent} does not exist; create it first")
+        raise InputError(
+            f"{what} {path}: folder {path.parent} does not exist", hint="create it first"
+        )
 
 
 def export(

@@ -16,21 +16,20 @@ and is listed as refused.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent._text import check_id, check_text
-from agent.records import index as schema
+from agent.records import index
 from agent.users.roles import Actor, require
 from hashing.entries import Entry
 from hashing.errors import InputError
-from hashing.retention import HOLD, HOLD_REASONS, HOLD_RELEASE, PURGE, USER, Roster
+from hashing.ledger import LedgerTx
+from hashing.retention import HOLD, HOLD_REASONS, HOLD_RELEASE, USER, Roster
 from hashing.station import Station
 
 NOTE_MAX = 500
-_SHA = "json_extract(CAST(data AS TEXT), '$.body.sha256')"
 
 
 def check_note(text: str | None) -> str:
@@ -106,17 +105,12 @@ def _releases(entries: Iterable[Entry]) -> tuple[dict[int, Entry], dict[int, lis
 
 
 # The ``user`` and ``hold_release`` entries in ledger order: what _releases reads.
-_RELEASES_SQL = "SELECT data FROM entries WHERE type IN (?, ?) ORDER BY seq"
-
-
-def _release_entries(rows: Iterable[tuple[Any, ...]]) -> list[Entry]:
-    return [Entry.parse(bytes(data)) for (data,) in rows]
+_RELEASES = (USER, HOLD_RELEASE)
 
 
 def holds(station: Station) -> list[Hold]:
     """Every hold in ledger order, with the release that counts, if any."""
-    rows = station.ledger.execute(_RELEASES_SQL, (USER, HOLD_RELEASE))
-    releases, refused = _releases(_release_entries(rows))
+    releases, refused = _releases(index.entries_of_types(station.ledger, _RELEASES))
     found = []
     for entry in _entries(station, HOLD):
         body = entry.body
@@ -142,14 +136,11 @@ def holds(station: Station) -> list[Hold]:
 
 def _cases_of(station: Station, sha256: str) -> set[str]:
     """The cases a recording is bound to: its ingest entry's case and its tags'."""
-    schema.ensure(station)
-    cases = {
-        str(c)
-        for (c,) in station.ledger.execute("SELECT case_id FROM tags WHERE sha256 = ?", (sha256,))
-    }
-    rows = station.ledger.execute("SELECT seq FROM files WHERE sha256 = ?", (sha256,))
-    if rows:
-        case = station.ledger.entry(int(rows[0][0])).body.get("case")
+    index.ensure(station)
+    cases = index.tagged_cases(station.ledger, sha256)
+    seq = index.file_seq(station.ledger, sha256)
+    if seq is not None:
+        case = station.ledger.entry(seq).body.get("case")
         if isinstance(case, str) and case:
             cases.add(case)
     return cases
@@ -165,23 +156,15 @@ def is_held(station: Station, sha256: str) -> bool:
     return bool(holds_on(station, sha256))
 
 
-def _known_and_not_purged(conn: sqlite3.Connection, files: Sequence[str]) -> list[str]:
+def _known_and_not_purged(tx: LedgerTx, files: Sequence[str]) -> list[str]:
     """The digests, sorted, once each; checked inside the hold's write transaction,
     so a purge cannot slip in between the check and the hold."""
     wanted = sorted(set(files))
-    marks = ",".join("?" * len(wanted))
-    known = {
-        str(r[0])
-        for r in conn.execute(
-            f"SELECT sha256 FROM files WHERE sha256 IN ({marks})",  # noqa: S608 - placeholders
-            tuple(wanted),
-        )
-    }
+    known = index.known_files(tx, wanted)
     missing = [f for f in wanted if f not in known]
     if missing:
-        raise InputError(f"not in the ledger: {', '.join(missing)}; check the digests")
-    sql = f"SELECT seq, {_SHA} AS sha FROM entries WHERE type = ? AND sha IN ({marks})"  # noqa: S608
-    purged = conn.execute(sql, (PURGE, *wanted)).fetchall()
+        raise InputError(f"not in the ledger: {', '.join(missing)}", hint="check the digests")
+    purged = index.purges_naming(tx, wanted)
     if purged:
         gone = ", ".join(f"{sha} (entry {seq})" for seq, sha in purged)
         raise InputError(f"already purged from this dock, nothing left to hold: {gone}")
@@ -215,7 +198,7 @@ def add_hold(
     if case is not None:
         check_id(case, "case")
     with station.ledger.transaction() as tx:
-        wanted = [] if case is not None else _known_and_not_purged(tx.conn, files)
+        wanted = [] if case is not None else _known_and_not_purged(tx, files)
         body = {"files": wanted, "case": case, "reason": reason, "note": text, "by": user.name}
         return tx.append(HOLD, body)
 
@@ -231,14 +214,12 @@ def release_hold(station: Station, user: Actor, hold_seq: int, note: str) -> Ent
     require(user, "release_hold")
     text = check_note(note)
     with station.ledger.transaction() as tx:
-        row = tx.conn.execute("SELECT type FROM entries WHERE seq = ?", (hold_seq,)).fetchone()
+        row = index.entry_row(tx, hold_seq)
         if row is None or row[0] != HOLD:
             raise InputError(
-                f"entry {hold_seq} is not a hold; see `evidock hold list` for the holds"
+                f"entry {hold_seq} is not a hold", hint="see `evidock hold list` for the holds"
             )
-        released = _releases(
-            _release_entries(tx.conn.execute(_RELEASES_SQL, (USER, HOLD_RELEASE)))
-        )[0].get(hold_seq)
+        released = _releases(index.entries_of_types(tx, _RELEASES))[0].get(hold_seq)
         if released is not None:
             raise InputError(
                 f"hold {hold_seq} was already released (entry {released.seq}); nothing to do"

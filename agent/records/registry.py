@@ -7,16 +7,14 @@ new entry, never an overwrite, so the ledger keeps the whole history.
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent import config
 from agent._text import check_id
-from agent.records import index as schema
+from agent.records import index
 from agent.records import retention as ret
 from agent.records.anomalies import key_of
 from hashing.entries import Entry
@@ -42,17 +40,8 @@ _ready: weakref.WeakSet[Station] = weakref.WeakSet()
 
 def _ensure(station: Station) -> None:
     if station not in _ready:
-        schema.ensure(station)
+        index.ensure(station)
         _ready.add(station)
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    serial: str
-    officer: str | None
-    model: str | None
-    notes: str | None
-    seq: int
 
 
 def assign_device(
@@ -71,29 +60,18 @@ def assign_device(
     body = {"serial": serial, "officer": officer, "model": model, "notes": notes}
     with station.ledger.transaction() as tx:
         entry = tx.append(DEVICE_ASSIGN, body)
-        tx.conn.execute(
-            "INSERT INTO devices (serial, officer, model, notes, seq) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (serial) DO UPDATE SET officer = excluded.officer,"
-            " model = excluded.model, notes = excluded.notes, seq = excluded.seq",
-            (serial, officer, model, notes, entry.seq),
-        )
+        index.index_device_assign(tx, entry)
     return entry
 
 
-def devices(station: Station) -> list[DeviceRecord]:
+def devices(station: Station) -> list[index.DeviceRecord]:
     _ensure(station)
-    rows = station.ledger.execute(
-        "SELECT serial, officer, model, notes, seq FROM devices ORDER BY serial"
-    )
-    return [DeviceRecord(*row) for row in rows]
+    return index.devices(station.ledger)
 
 
-def device(station: Station, serial: str) -> DeviceRecord | None:
+def device(station: Station, serial: str) -> index.DeviceRecord | None:
     _ensure(station)
-    rows = station.ledger.execute(
-        "SELECT serial, officer, model, notes, seq FROM devices WHERE serial = ?", (serial,)
-    )
-    return DeviceRecord(*rows[0]) if rows else None
+    return index.device(station.ledger, serial)
 
 
 def tag(
@@ -135,13 +113,7 @@ def tag(
     wanted = sorted(set(files))
     if not wanted:
         raise InputError("no recordings to tag")
-    known = {
-        str(r[0])
-        for r in station.ledger.execute(
-            f"SELECT sha256 FROM files WHERE sha256 IN ({','.join('?' * len(wanted))})",  # noqa: S608
-            tuple(wanted),
-        )
-    }
+    known = index.known_files(station.ledger, wanted)
     missing = [f for f in wanted if f not in known]
     if missing:
         raise InputError(f"not in the ledger: {', '.join(missing)}")
@@ -157,24 +129,17 @@ def tag(
         body["case_type"] = case_type
     with station.ledger.transaction() as tx:
         entry = tx.append(TAG, body)
-        tx.conn.executemany(
-            "INSERT INTO tags (seq, sha256, case_id, kind, retention, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(entry.seq, f, case, kind, retention, reason) for f in wanted],
-        )
+        index.index_tag(tx, entry)
     return entry
 
 
 def files_by_device(station: Station, serial: str, start: datetime, end: datetime) -> list[str]:
     """Recordings of one device whose recording time lies in [start, end)."""
-    rows = station.ledger.execute(
-        "SELECT sha256, recorded_at FROM files WHERE device = ? ORDER BY recorded_at", (serial,)
-    )
     chosen = []
-    for sha, recorded in rows:
+    for sha, recorded in index.device_recorded_times(station.ledger, serial):
         when = _parse(recorded)
         if when is not None and start <= when < end:
-            chosen.append(str(sha))
+            chosen.append(sha)
     return chosen
 
 
@@ -192,17 +157,7 @@ def record_anomaly(station: Station, body: Mapping[str, Any]) -> Entry:
     _ensure(station)
     with station.ledger.transaction() as tx:
         entry = tx.append(ANOMALY, body)
-        tx.conn.execute(
-            "INSERT INTO anomalies (seq, kind, device, officer, detail, files) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                entry.seq,
-                str(body["kind"]),
-                body.get("device"),
-                body.get("officer"),
-                str(body.get("detail", "")),
-                json.dumps(list(body.get("files", [])), ensure_ascii=False),
-            ),
-        )
+        index.index_anomaly(tx, entry)
     return entry
 
 
@@ -211,10 +166,7 @@ def record_wipe(station: Station, body: Mapping[str, Any]) -> Entry:
     _ensure(station)
     with station.ledger.transaction() as tx:
         entry = tx.append(WIPE, body)
-        tx.conn.execute(
-            "INSERT INTO wipes (seq, sha256, device, source_path) VALUES (?, ?, ?, ?)",
-            (entry.seq, str(body["sha256"]), body.get("device"), str(body["source_path"])),
-        )
+        index.index_wipe(tx, entry)
     return entry
 
 
@@ -231,31 +183,22 @@ def show(
     Raises InputError if the digest is not in the ledger, ConfigError if the
     configuration cannot be read."""
     _ensure(station)
-    rows = station.ledger.execute("SELECT seq FROM files WHERE sha256 = ?", (sha256,))
-    if not rows:
+    seq = index.file_seq(station.ledger, sha256)
+    if seq is None:
         raise InputError(f"{sha256}: not in the ledger")
-    entry = station.ledger.entry(int(rows[0][0]))
+    entry = station.ledger.entry(seq)
     body = dict(entry.body)
     tags = [
-        {"seq": s, "case": c, "kind": k, "retention": r, "reason": why}
-        for s, c, k, r, why in station.ledger.execute(
-            "SELECT seq, case_id, kind, retention, reason FROM tags WHERE sha256 = ? ORDER BY seq",
-            (sha256,),
-        )
+        {"seq": t.seq, "case": t.case, "kind": t.kind, "retention": t.retention, "reason": t.reason}
+        for t in index.tags_of(station.ledger, sha256)
     ]
     path = body.get("source_path")
     anomalies = [
-        {"seq": s, "kind": k, "detail": d}
-        for s, k, d, files in station.ledger.execute(
-            "SELECT seq, kind, detail, files FROM anomalies WHERE device IS ? ORDER BY seq",
-            (body.get("device"),),
-        )
-        if path in json.loads(files) or sha256 in json.loads(files)
+        {"seq": a.seq, "kind": a.kind, "detail": a.detail}
+        for a in index.device_anomalies(station.ledger, body.get("device"))
+        if path in (named := a.files()) or sha256 in named
     ]
-    wipes = [
-        {"seq": s}
-        for (s,) in station.ledger.execute("SELECT seq FROM wipes WHERE sha256 = ?", (sha256,))
-    ]
+    wipes = [{"seq": s} for s in index.wipe_seqs(station.ledger, sha256)]
     from agent.records import holds  # noqa: PLC0415 - agent.holds imports this module
 
     if policy is None:
@@ -288,8 +231,9 @@ def _covers(hold: Hold, sha256: str, standing: ret.RecordingStatus | None) -> bo
 def anomaly_keys(station: Station, serial: str) -> set[str]:
     """Keys of the anomalies already recorded for a recorder (agent.records.anomalies.key_of)."""
     _ensure(station)
-    rows = station.ledger.execute("SELECT seq FROM anomalies WHERE device IS ?", (serial,))
-    return {key_of(station.ledger.entry(int(seq)).body) for (seq,) in rows}
+    return {
+        key_of(station.ledger.entry(seq).body) for seq in index.anomaly_seqs(station.ledger, serial)
+    }
 
 
 def last_docked(station: Station, serial: str) -> datetime | None:

@@ -25,17 +25,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent import config
+from agent.records import index
 from hashing._fsutil import fsync_dir
 from hashing.digest import digest_file
 from hashing.entries import HEX64_RE, clock_reading
-from hashing.errors import ConfigError, IntegrityError
+from hashing.errors import ConfigError, IntegrityError, explain
 from hashing.note import NoteVerifier
 from hashing.retention import (
     HOLD,
@@ -74,7 +75,6 @@ HELD, UNRECEIPTED, NEVER, NOT_DUE, NOT_STORED, AWAITING = (
 SYNCED = "system/ntp"  # hashing.entries.clock_reading()'s source of a synchronised clock
 RECENT_RECEIPTS = 32  # receipts of other files read for one recording's status
 
-Fetch = Callable[[str, tuple[Any, ...]], Sequence[tuple[Any, ...]]]
 Keys = Sequence[NoteVerifier] | None  # None: [upload] platform_key of the configuration
 
 
@@ -136,25 +136,20 @@ def _keys(platform_keys: Keys) -> tuple[NoteVerifier, ...]:
 
 # -- reading the ledger ------------------------------------------------------------
 
-_MARKS = ",".join("?" * len(TYPES))
-_SELECT = (
-    f"SELECT seq, type, data FROM entries WHERE seq >= ? AND type IN ({_MARKS})"  # noqa: S608
-    " ORDER BY seq LIMIT ?"
-)
-
 
 def _judge(station: Station, platform_keys: Keys) -> Judge:
     return Judge(_keys(platform_keys), station.station_id)
 
 
-def _feed(judge: Judge, fetch: Fetch, size: int) -> Judge:
-    """Let ``judge`` read every relevant entry from its position on, in order.
+def _feed(judge: Judge, db: index.Reader, size: int) -> Judge:
+    """Let ``judge`` read every relevant entry from its position on, in order
+    (``db``: the ledger, or the write transaction the judgement guards).
 
     ``size`` is the ledger size measured before reading: everything below it is
     then considered (entries appended meanwhile are read too, or on the next feed).
     The audit checks the entries' form; here they are the dock's own.
     """
-    while rows := fetch(_SELECT, (judge.size, *TYPES, READ_BATCH)):
+    while rows := index.entries_from(db, judge.size, TYPES, READ_BATCH):
         for seq, kind, data in rows:
             value = json.loads(bytes(data))
             judge.observe(int(seq), str(kind), str(value["time"]), value["body"])
@@ -165,7 +160,7 @@ def _feed(judge: Judge, fetch: Fetch, size: int) -> Judge:
 def load(station: Station, platform_keys: Keys = None) -> Judge:
     """Every recording's standing from one ordered read of the relevant entries.
     ``platform_keys``: the receipt keys (None: the configured ones)."""
-    return _feed(_judge(station, platform_keys), station.ledger.execute, station.ledger.size())
+    return _feed(_judge(station, platform_keys), station.ledger, station.ledger.size())
 
 
 def load_one(station: Station, sha256: str, platform_keys: Keys = None) -> Judge:
@@ -175,25 +170,22 @@ def load_one(station: Station, sha256: str, platform_keys: Keys = None) -> Judge
     purges name as their attestation; and the newest receipts (the platform's
     time now)."""
     size = station.ledger.size()
-    rows = station.ledger.execute(
-        "SELECT seq, type, data FROM entries WHERE type IN (?, ?, ?, ?, ?)"
-        " OR (type IN (?, ?, ?) AND json_extract(CAST(data AS TEXT), '$.body.sha256') = ?)"
-        " ORDER BY seq",
-        (RETENTION_POLICY, HOLD, HOLD_RELEASE, TAG, USER, INGEST, UPLOAD_RECEIPT, PURGE, sha256),
+    rows = index.entries_about(
+        station.ledger,
+        sha256,
+        (RETENTION_POLICY, HOLD, HOLD_RELEASE, TAG, USER),
+        (INGEST, UPLOAD_RECEIPT, PURGE),
     )
     wanted = {
         json.loads(bytes(data))["body"].get("attested_by")
         for _, kind, data in rows
         if kind == PURGE
     }
-    extra = station.ledger.execute(
-        "SELECT seq, type, data FROM entries WHERE type = ? ORDER BY seq DESC LIMIT ?",
-        (UPLOAD_RECEIPT, RECENT_RECEIPTS),
-    )
+    extra = index.latest_entries(station.ledger, UPLOAD_RECEIPT, RECENT_RECEIPTS)
     for seq in sorted(s for s in wanted if isinstance(s, int) and not isinstance(s, bool)):
-        extra += station.ledger.execute(
-            "SELECT seq, type, data FROM entries WHERE seq = ? AND type = ?", (seq, UPLOAD_RECEIPT)
-        )
+        attestation = index.entry_of_type(station.ledger, seq, UPLOAD_RECEIPT)
+        if attestation is not None:
+            extra.append(attestation)
     merged = {int(seq): (int(seq), kind, data) for seq, kind, data in [*rows, *extra]}
     judge = _judge(station, platform_keys)
     for seq, kind, data in (merged[s] for s in sorted(merged)):
@@ -434,7 +426,7 @@ def ensure_policy(station: Station, judge: Judge, policy: Policy, by: str) -> in
     """The seq of a ``retention_policy`` entry equal to ``policy``: the latest one,
     or a new one appended now (so every purge cites a policy in the ledger)."""
     with station.ledger.transaction() as tx:
-        _feed(judge, lambda sql, p: tx.conn.execute(sql, p).fetchall(), tx.size)
+        _feed(judge, tx, tx.size)
         seq = _recorded_policy(judge, policy)
         if seq is not None:
             return seq
@@ -466,8 +458,9 @@ def check_clock(station: Station, *, require_synced: bool) -> datetime:
             raise ConfigError(
                 f"the clock reads {rfc3339(now)}, earlier than the ledger's last entry "
                 f"{last.seq} ({last.time}): the clock went back, or was ahead when that entry "
-                "was written; nothing is purged; set the clock right and run "
-                "`evidock retention run` once it is past that time"
+                "was written; nothing is purged",
+                hint="set the clock right and run "
+                "`evidock retention run` once it is past that time",
             )
     return now
 
@@ -564,8 +557,8 @@ def run(
         if not keys:
             raise ConfigError(
                 "no [upload] platform_key is configured: the platform's receipts cannot be "
-                "verified, so nothing is purged; set it to the key `evidock receive "
-                "--show-key` prints on the platform"
+                "verified, so nothing is purged",
+                hint="set it to the key `evidock receive --show-key` prints on the platform",
             )
         clock = check_clock(station, require_synced=require_synced_clock)
         now = now or clock
@@ -613,8 +606,8 @@ def run(
         try:
             done = _purge_batch(station, judge, policy, policy_seq, batch, by, skipped)
         except UnlawfulPurgeError as e:
-            log.error("%s", e)
-            refused = str(e)
+            refused = explain(e)
+            log.error("%s", refused)
             break
         purged += done
         errors += _unlink_all(station, done)
@@ -666,7 +659,7 @@ def _purge_batch(
         return []
     done: list[tuple[str, int]] = []
     with station.ledger.transaction() as tx:
-        _feed(judge, lambda sql, p: tx.conn.execute(sql, p).fetchall(), tx.size)
+        _feed(judge, tx, tx.size)
         clock = datetime.now(UTC)
         for sha in shas:
             standing = judge.standing(sha)
@@ -683,8 +676,8 @@ def _purge_batch(
                 reasons = "; ".join(verdict.reasons) if verdict else "not judged"
                 raise UnlawfulPurgeError(
                     f"purge of {sha} refused by the retention rule ({reasons}); nothing was "
-                    "written for its batch (batches before it stand); check the clock and run "
-                    "`evidock retention run` again"
+                    "written for its batch (batches before it stand)",
+                    hint="check the clock and run `evidock retention run` again",
                 )
             done.append((sha, entry.seq))
     for sha, seq in done:
@@ -755,9 +748,4 @@ def report(
 
 def purge_entries(station: Station, sha256: str) -> list[int]:
     """Seqs of the purge entries naming ``sha256`` (for show, play and exports)."""
-    rows = station.ledger.execute(
-        "SELECT seq FROM entries WHERE type = ?"
-        " AND json_extract(CAST(data AS TEXT), '$.body.sha256') = ? ORDER BY seq",
-        (PURGE, sha256),
-    )
-    return [int(seq) for (seq,) in rows]
+    return index.purges_of(station.ledger, sha256)

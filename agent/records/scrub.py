@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.records import index
 from hashing.audit import audit
 from hashing.entries import Entry
 from hashing.findings import (
@@ -69,10 +70,10 @@ def _digest_of(finding: Finding) -> str:
 def _stored(station: Station) -> tuple[int, int]:
     """(files, bytes) of the recordings in the store that entries cover."""
     files = size = 0
-    for sha, length in station.ledger.execute("SELECT sha256, size FROM files"):
-        if station.store.has(str(sha)):
+    for sha, length in index.file_sizes(station.ledger):
+        if station.store.has(sha):
             files += 1
-            size += int(length)
+            size += length
     return files, size
 
 

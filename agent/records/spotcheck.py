@@ -431,7 +431,7 @@ def parse_entries(lines: Iterable[bytes]) -> list[Entry]:
         try:
             entry = Entry.parse(raw)
         except InputError as e:
-            raise InputError(f"entries line {number}: {e}") from e
+            raise InputError(f"entries line {number}: {e}", hint=e.hint) from e
         if entry.seq != len(entries):
             raise InputError(
                 f"entries line {number}: entry {entry.seq} where {len(entries)} was expected; "
@@ -680,8 +680,12 @@ class Review:
                     f"entry {seq} is a spot-check request that was never drawn; "
                     "see `evidock spotcheck list`"
                 )
-            raise InputError(f"entry {seq} is the request of draw {answer.seq}; give {answer.seq}")
-        raise InputError(f"entry {seq} is not a spot-check draw; see `evidock spotcheck list`")
+            raise InputError(
+                f"entry {seq} is the request of draw {answer.seq}", hint=f"give {answer.seq}"
+            )
+        raise InputError(
+            f"entry {seq} is not a spot-check draw", hint="see `evidock spotcheck list`"
+        )
 
     def redrawn_by(self, request: Request) -> list[int]:
         """Later requests overlapping this one (each is a redraw)."""
@@ -787,12 +791,14 @@ def draw(
             names = ", ".join(f"{r.seq} ({r.criteria.describe()}, by {r.by})" for r in earlier)
             raise InputError(
                 f"this draw overlaps earlier request(s) {names}: drawing again is a redraw and "
-                "stays on the record; give --redraw-reason TEXT, or review the earlier sample "
-                "(`evidock spotcheck list`)"
+                "stays on the record",
+                hint="give --redraw-reason TEXT, or review the earlier sample "
+                "(`evidock spotcheck list`)",
             )
         if not earlier and reason is not None:
             raise InputError(
-                "--redraw-reason given, but this draw overlaps no earlier request; leave it out"
+                "--redraw-reason given, but this draw overlaps no earlier request",
+                hint="leave it out",
             )
         # Commit: the criteria go into the ledger before the seed exists.
         entries = chain(

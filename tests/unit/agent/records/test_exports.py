@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from markupsafe import escape
 
 from agent.offload.ingest import Binding, IngestResult, ingest_paths
+from agent.records import index
 from agent.records import registry as records
 from agent.records.archive import UNCASED, archive, folder_name
 from agent.records.exports import export, summary_html, volume_label
@@ -402,7 +403,8 @@ def test_the_export_entry_lists_exactly_the_bundles_files(dock: Dock) -> None:
     not name cannot be slipped into the bundle with a manifest row."""
     a = dock.ingest(os.urandom(800))
     b = dock.ingest(os.urandom(900))
-    seq_b = dock.station.ledger.execute("SELECT seq FROM files WHERE sha256 = ?", (b,))[0][0]
+    seq_b = index.file_seq(dock.station.ledger, b)
+    assert seq_b is not None
     out = dock.tmp / "b"
     export_bundle(
         dock.station, Selection(sha256=(a,)), out, Request("aud", "auditor", "R"), carry=[seq_b]

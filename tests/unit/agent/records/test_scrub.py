@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import hashing.audit
-from agent.records import retention
+from agent.records import index, retention
 from agent.records.scrub import SCRUB, scrub
 from hashing.retention import Policy
 from hashing.station import Station
@@ -94,7 +94,7 @@ def test_lawful_purges_are_not_failures_but_deletions_and_ledger_damage_are(
     conn.execute("DROP TRIGGER entries_no_update")
     conn.execute(
         "UPDATE entries SET data = replace(data, 'NEW.MP4', 'XYZ.MP4') WHERE seq = ?",
-        (int(station.ledger.execute("SELECT seq FROM files WHERE sha256 = ?", (deleted,))[0][0]),),
+        (index.file_seq(station.ledger, deleted),),
     )
     conn.commit()
     conn.close()
