@@ -30,7 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.offload.copier import open_source
-from agent.offload.ingest import Binding, Source, copy_to_staging, index_ingest, raw_path_fields
+from agent.offload.ingest import Binding, Source, copy_to_staging, raw_path_fields
+from agent.records.index import index_ingest
 from agent.users.accounts import User, Users
 from hashing.entries import INGEST, Entry, build_entry, clock_reading
 from hashing.note import NoteSigner, open_note

@@ -25,7 +25,6 @@ from typing import Any
 
 from agent.offload.copier import CopyResult, copy_and_verify, open_source
 from agent.records import index
-from agent.records.index import index_ingest as index_ingest  # noqa: PLC0414 - tests/retention_support.py imports it from here
 from hashing import canonical
 from hashing.entries import INGEST
 from hashing.errors import DeviceError, EvidockError

@@ -644,8 +644,9 @@ def test_clip_still_growing_is_not_committed_until_it_stops(
         while grower.written < 4 << 20:  # a few MiB in, still recording
             time.sleep(0.01)
         code, result, _ = offload(capsys, str(recorder))
-    # Documented: exit 2 when not every recording is committed; it is copied next time.
-    assert code == 2, result
+    # Documented: exit 4 (transient) when the session was interrupted before every
+    # recording was committed; it is copied next time.
+    assert code == 4, result
     assert result["serial"] == serial and result["state"] == "interrupted"
     assert result["safe_to_unplug"] is False
     assert (result["new"], result["failed"]) == (1, 1), result
