@@ -36,6 +36,9 @@ SESSION_EXPIRY_S = 7 * 24 * 3600  # results and receipts wait at the broker thro
 
 @dataclass(frozen=True)
 class MqttSettings:
+    """Where the broker is and how to log in (``[mqtt]``; the client id is fixed per dock,
+    since resuming a session depends on it)."""
+
     host: str
     port: int
     client_id: str
@@ -50,6 +53,7 @@ class MqttSettings:
     reconnect_max_s: int = 60
 
     def describe(self) -> str:
+        """``mqtt(s)://host:port as client-id``, for logs and `evidock status`."""
         scheme = "mqtts" if self.tls else "mqtt"
         return f"{scheme}://{self.host}:{self.port} as {self.client_id}"
 
@@ -67,6 +71,7 @@ class LinkState:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
+        """A consistent copy, JSON-ready, safe to read from any thread."""
         with self._lock:
             return {
                 "broker": self.broker,
@@ -78,12 +83,14 @@ class LinkState:
             }
 
     def up(self, max_packet: int | None) -> None:
+        """Connected (CONNACK accepted), with the broker's Maximum Packet Size if announced."""
         with self._lock:
             self.connected, self.since, self.max_packet = True, time.time(), max_packet
             self.connects += 1
             self.last_error = None
 
     def down(self, error: str | None) -> None:
+        """Disconnected or unreachable; ``error`` (kept until the next ``up``) says why."""
         with self._lock:
             if self.connected or error != self.last_error:
                 self.since = time.time()
@@ -193,6 +200,7 @@ def start(client: mqtt.Client, settings: MqttSettings, *, receive_maximum: int =
 
 
 def stop(client: mqtt.Client) -> None:
+    """Disconnect and end paho's network thread (even if the disconnect fails)."""
     try:
         client.disconnect()
     finally:
@@ -202,6 +210,7 @@ def stop(client: mqtt.Client) -> None:
 def publish_properties(
     response_topic: str | None = None, correlation: bytes | None = None
 ) -> Properties:
+    """MQTT 5 PUBLISH properties: where results go and how they are matched (§4.10)."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if response_topic is not None:
         props.ResponseTopic = response_topic

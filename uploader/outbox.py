@@ -72,6 +72,7 @@ migrations = Migrations("evidock.outbox")
 
 @migrations()
 def m001_outbox(db: Database) -> None:
+    """The first schema: meta, transfers and their confirmed segments."""
     for sql in (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE transfers ("
@@ -123,9 +124,11 @@ class Transfer:
 
     @property
     def retention(self) -> str:
+        """The retention class the priority stands for (``long-term``, ...)."""
         return PRIORITY_NAMES.get(self.priority, str(self.priority))
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for `evidock upload status`."""
         return {
             "sha256": self.sha256,
             "seq": self.seq,
@@ -171,9 +174,11 @@ class Outbox:
 
     @classmethod
     def for_home(cls, home: Path) -> Outbox:
+        """``home/outbox.db``, beside the ledger. Raises ConfigError if it cannot be opened."""
         return cls(home / "outbox.db")
 
     def close(self) -> None:
+        """Close the database; the outbox is unusable afterwards."""
         with self._lock:
             self._conn.close()
 
@@ -189,10 +194,12 @@ class Outbox:
     # -- meta ----------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
+        """A value the uploader remembers across runs (``held_size``, ...), or None."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
+        """Remember ``value`` under ``key`` (durable when it returns)."""
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -292,6 +299,7 @@ class Outbox:
     # -- reading -------------------------------------------------------------
 
     def get(self, sha256: str) -> Transfer | None:
+        """One file's row with its confirmed bytes, or None if the outbox does not know it."""
         rows = self._query(f"SELECT {_COLUMNS} FROM transfers t WHERE t.sha256 = ?", (sha256,))  # noqa: S608
         return _transfer(rows[0]) if rows else None
 
@@ -357,6 +365,7 @@ class Outbox:
         return [(int(o), int(n)) for o, n in rows]
 
     def confirmed_bytes(self, sha256: str) -> int:
+        """Bytes of ``sha256`` the platform confirmed (0 for an unknown file)."""
         rows = self._query(
             "SELECT coalesce(sum(length), 0) FROM segments WHERE sha256 = ?", (sha256,)
         )
@@ -426,6 +435,8 @@ class Outbox:
             return cur.rowcount > 0
 
     def mark_initialised(self, sha256: str) -> bool:
+        """init confirmed: the platform opened the transfer; counts an attempt.
+        False if the file is no longer queued or initialised."""
         return self._set(
             sha256, "state = 'initialised', attempts = attempts + 1", (), (QUEUED, INITIALISED)
         )

@@ -83,6 +83,7 @@ def _hashes(value: object, what: str) -> tuple[bytes, ...]:
 
 
 def check_file_id(file_id: str) -> str:
+    """``file_id`` if it is a lowercase SHA-256 hex digest; raises InputError otherwise."""
     if not SHA256_RE.fullmatch(file_id):
         raise InputError(f"file id {file_id!r} is not a lowercase SHA-256 hex digest")
     return file_id
@@ -112,18 +113,23 @@ class Topics:
 
     @property
     def prefix(self) -> str:
+        """The command prefix with this station filled in."""
         return self.prefix_template.replace("{station}", self.station)
 
     def init(self, file_id: str) -> str:
+        """``{prefix}/{file_id}/init``."""
         return f"{self.prefix}/{file_id}/init"
 
     def segment(self, file_id: str, offset: int, checksum: str) -> str:
+        """``{prefix}/{file_id}/{offset}/{checksum}``: the segment's own SHA-256 hex."""
         return f"{self.prefix}/{file_id}/{offset}/{checksum}"
 
     def fin(self, file_id: str, size: int, checksum: str) -> str:
+        """``{prefix}/{file_id}/fin/{size}/{checksum}``: the whole file's SHA-256 hex."""
         return f"{self.prefix}/{file_id}/fin/{size}/{checksum}"
 
     def abort(self, file_id: str) -> str:
+        """``{prefix}/{file_id}/abort``: the platform drops what it holds of the file."""
         return f"{self.prefix}/{file_id}/abort"
 
     def _dock(self, leaf: str) -> str:
@@ -136,6 +142,7 @@ class Topics:
 
     @property
     def receipts(self) -> str:
+        """Where the platform publishes its signed receipts for this station."""
         return self._dock("receipts")
 
     @property
@@ -223,6 +230,9 @@ def correlation(file_id: str, kind: str, offset: int | None = None) -> bytes:
 
 
 def parse_correlation(data: bytes) -> tuple[str, str, int | None]:
+    """(file id, kind, segment offset or None) from ``correlation``'s bytes.
+
+    Raises InputError for anything evidock did not write."""
     try:
         parts = data.decode("ascii").split("/")
     except UnicodeDecodeError as e:
@@ -265,6 +275,7 @@ class FileMeta:
     user_data: Mapping[str, Any]
 
     def to_json(self) -> bytes:
+        """Compact JSON; ``expire_at`` only when set (EMQX reads 0 as expired)."""
         value: dict[str, Any] = {
             "name": self.name,
             "size": self.size,
@@ -325,6 +336,7 @@ class Provenance:
     consistency: tuple[bytes, ...]
 
     def to_json(self) -> dict[str, Any]:
+        """The ``user_data`` object: hashes in standard base64, the entry as its text."""
         return {
             "evidock": 1,
             "station": self.station,
@@ -337,6 +349,8 @@ class Provenance:
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Provenance:
+        """Strict parse of ``user_data``; the proofs are checked by the receiver, not
+        here. Raises InputError naming the field."""
         version = value.get("evidock")
         if not (_is_int(version) and version == 1):
             raise InputError("user_data is not evidock provenance version 1")
@@ -374,9 +388,11 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """Reason code 0x00: the command succeeded (anything else did not)."""
         return self.reason_code == RC_SUCCESS
 
     def to_json(self) -> bytes:
+        """The result message's payload (``held_size`` only when known)."""
         value: dict[str, Any] = {
             "vsn": RESULT_VSN,
             "topic": self.topic,
@@ -390,6 +406,7 @@ class Result:
 
     @classmethod
     def from_json(cls, payload: bytes) -> Result:
+        """Parse a result message. Raises InputError naming the fault."""
         try:
             value = json.loads(payload)
         except (UnicodeDecodeError, ValueError) as e:
@@ -424,6 +441,7 @@ class Receipt:
     held_size: int  # the station checkpoint the platform held when it stored the file
 
     def text(self) -> str:
+        """The note text: one line of canonical JSON and a newline."""
         body = {
             "type": RECEIPT_TYPE,
             "v": 1,
@@ -437,6 +455,7 @@ class Receipt:
         return canonical.dumps(body).decode() + "\n"
 
     def sign(self, signer: NoteSigner) -> str:
+        """The receipt as a C2SP signed note by ``signer`` (the platform key)."""
         return sign_note(self.text(), [signer])
 
     @classmethod

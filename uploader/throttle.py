@@ -61,13 +61,16 @@ class Window:
 
     @property
     def start_s(self) -> int:
+        """The start as seconds after midnight."""
         return _minute_of_day(self.start, "start") * 60
 
     @property
     def end_s(self) -> int:
+        """The end as seconds after midnight."""
         return _minute_of_day(self.end, "end") * 60
 
     def contains(self, second_of_day: float) -> bool:
+        """Whether the window covers ``second_of_day`` (station local time)."""
         start, end = self.start_s, self.end_s
         if start < end:
             return start <= second_of_day < end
@@ -107,6 +110,7 @@ class Bandwidth:
     utc_offset_minutes: int = 480
 
     def second_of_day(self, wall: float) -> float:
+        """Seconds after local midnight at wall-clock time ``wall`` (time.time())."""
         return (wall + self.utc_offset_minutes * 60) % DAY_S
 
     def rate_at(self, wall: float) -> int | None:
@@ -200,4 +204,5 @@ class Throttle:
                 self.sleep(wait)
 
     def rate_now(self) -> int | None:
+        """The cap in force now: None = no cap, 0 = paused."""
         return self.bandwidth.rate_at(self.wall())
