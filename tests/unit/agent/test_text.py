@@ -17,7 +17,7 @@ def test_blank_is_missing_or_empty() -> None:
 
 
 def test_too_long_says_what_to_write() -> None:
-    with pytest.raises(InputError, match="note is 11 characters long; at most 10$") as caught:
+    with pytest.raises(InputError, match=r"note is 11 characters long; at most 10$") as caught:
         check_text("x" * 11, "note", 10, hint="be brief")
     assert caught.value.hint == "be brief"
 
