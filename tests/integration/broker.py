@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,6 +49,7 @@ from agent.demo.localbroker import (
     SHIPPED_CONF,
     Broker,
     Pki,
+    _issue,
     connack_code,
     free_port,
     make_pki,
@@ -69,6 +71,7 @@ __all__ = [
     "Pki",
     "connack_code",
     "free_port",
+    "issue_server_cert",
     "make_pki",
     "require_mosquitto",
 ]
@@ -79,6 +82,12 @@ def require_mosquitto() -> None:
     reason = mosquitto_missing()
     if reason is not None:
         pytest.skip(reason)
+
+
+def issue_server_cert(pki: Pki, stem: str) -> tuple[Path, Path]:
+    """Another server certificate (CN and SAN ``localhost``, SAN IP 127.0.0.1) from the
+    test CA, for a TLS server in front of the broker (tests/emqx_ft). Returns (cert, key)."""
+    return _issue(pki.folder, pki.ca_cert, pki.ca_key, stem, "localhost", "serverAuth")
 
 
 # -- fixtures -------------------------------------------------------------------
