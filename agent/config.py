@@ -66,7 +66,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "keepalive_s": (int, 30),
     },
     "upload": {
-        "topic_prefix": (str, "$file-async/{station}"),
+        "broker": (str, "emqx"),
+        "topic_prefix": (str, ""),
         "segment_bytes": (int, 1048576),
         "window_segments": (int, 32),
         "bandwidth_bytes_per_s": (int, 0),
@@ -81,6 +82,17 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "stations": ("list[table]", []),
         "max_transfers_per_station": (int, 64),
         "max_spool_mb_per_station": (int, 65536),
+        # The EMQX receipt service (receiver.receipts): source = "emqx".
+        "source": (str, "broker"),
+        "exports_dir": (str, ""),
+        "s3_endpoint": (str, ""),
+        "s3_bucket": (str, ""),
+        "s3_region": (str, "us-east-1"),
+        "s3_access_key_file": (str, ""),
+        "s3_secret_key_file": (str, ""),
+        "poll_s": (int, 10),
+        "partition": (int, 0),
+        "partitions": (int, 1),
     },
     "retention": {
         "routine_days": (int, 365),
@@ -236,6 +248,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("offload", "wipe"): _one_of(("never", "after_verified", "after_receipt")),
     ("offload", "max_sessions"): _at_least(1),
     ("mqtt", "port"): _port,
+    ("receiver", "source"): _one_of(("broker", "emqx")),
+    ("receiver", "poll_s"): _positive,
+    ("receiver", "partitions"): _at_least(1),
+    # uploader.protocol.BROKERS; the prefix each kind parses is the uploader's check.
+    ("upload", "broker"): _one_of(("emqx", "mosquitto")),
+    # EMQX refuses an init whose segments_ttl is not a positive integer (emqx_ft_schema.erl).
+    ("upload", "segments_ttl_s"): _positive,
     # Art. 16: routine footage is kept at least one year.
     ("retention", "routine_days"): _days(MIN_ROUTINE_DAYS),
     ("retention", "grace_days"): _days(0),

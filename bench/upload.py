@@ -371,7 +371,12 @@ def _dock_child(
         ca_file=ca,
     )
     uploader = Uploader(
-        station, UploadSettings(platform_keys=(NoteVerifier.parse(platform_key),)), settings
+        station,
+        # The benchmark's platform is mosquitto + `evidock receive`.
+        UploadSettings(
+            platform_keys=(NoteVerifier.parse(platform_key),), broker=protocol.BROKER_MOSQUITTO
+        ),
+        settings,
     )
     started = time.perf_counter()
     uploader.start()

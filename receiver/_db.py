@@ -12,6 +12,11 @@ migrations (style.md 12).
     transfers    unfinished uploads (one per station and file id)
     segments     the byte ranges of each transfer stored durably in the spool
     files        stored files and the signed receipt issued for each
+    mirror       the EMQX path's copy of each station's ledger: every entry's exact
+                 bytes, and ``mirror_nodes`` the RFC 9162 complete subtrees over
+                 them, so any past root is O(log n) lookups (receiver.mirror)
+    exports      what the EMQX receipt service made of each exported file it saw
+                 (receipted, refused with the reason, waiting for the mirror)
 
 ``files`` and ``refusals`` are append-only (triggers refuse UPDATE and DELETE):
 a receipt once issued and a refusal once recorded are statements, not state.
@@ -69,6 +74,39 @@ def m001_receiver(db: Database) -> None:
                 f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
                 f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
             )
+
+
+@migrations()
+def m002_mirror_and_exports(db: Database) -> None:
+    for sql in (
+        "CREATE TABLE mirror (station TEXT NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL,"
+        " PRIMARY KEY (station, seq)) WITHOUT ROWID",
+        "CREATE TABLE mirror_nodes (station TEXT NOT NULL, level INTEGER NOT NULL,"
+        " idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (station, level, idx))"
+        " WITHOUT ROWID",
+        # One row per exported object as seen (key and fingerprint: its size and
+        # mtime, or its ETag); status receipted | refused | waiting.
+        "CREATE TABLE exports (source TEXT NOT NULL, key TEXT NOT NULL,"
+        " fingerprint TEXT NOT NULL, station TEXT NOT NULL, file_id TEXT NOT NULL,"
+        " status TEXT NOT NULL, detail TEXT NOT NULL, first_seen TEXT NOT NULL,"
+        " updated TEXT NOT NULL, PRIMARY KEY (source, key, fingerprint)) WITHOUT ROWID",
+    ):
+        db.execute(sql)
+    # A mirrored entry is the station's history: never rewritten, never removed.
+    for table in ("mirror", "mirror_nodes"):
+        for op in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            )
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    status: str  # receipted | refused | waiting
+    detail: str
+    station: str
+    file_id: str
 
 
 @dataclass(frozen=True)
@@ -427,3 +465,75 @@ class ReceiverDB:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (f.station, f.sha256, f.size, f.seq, f.name, f.stored_at, f.receipt, meta),
         )
+
+    # -- the ledger mirror (EMQX path) ------------------------------------------
+
+    def mirror_size(self, station: str) -> int:
+        """How many of the station's entries are mirrored (they are 0 .. size-1)."""
+        row = self._one("SELECT max(seq) FROM mirror WHERE station = ?", (station,))
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+    def mirror_entry(self, station: str, seq: int) -> bytes | None:
+        row = self._one("SELECT raw FROM mirror WHERE station = ? AND seq = ?", (station, seq))
+        return None if row is None else bytes(row[0])
+
+    def mirror_node(self, station: str, level: int, index: int) -> bytes | None:
+        row = self._one(
+            "SELECT hash FROM mirror_nodes WHERE station = ? AND level = ? AND idx = ?",
+            (station, level, index),
+        )
+        return None if row is None else bytes(row[0])
+
+    def add_mirror(
+        self,
+        station: str,
+        entries: list[tuple[int, bytes]],
+        nodes: list[tuple[int, int, bytes]],
+    ) -> None:
+        """Append mirrored entries (seq, bytes) and the complete subtrees they close."""
+        with self._lock:
+            self._conn.executemany(
+                "INSERT INTO mirror (station, seq, raw) VALUES (?, ?, ?)",
+                [(station, seq, raw) for seq, raw in entries],
+            )
+            self._conn.executemany(
+                "INSERT INTO mirror_nodes (station, level, idx, hash) VALUES (?, ?, ?, ?)",
+                [(station, level, index, h) for level, index, h in nodes],
+            )
+
+    # -- exports (EMQX path) -------------------------------------------------------
+
+    def export(self, source: str, key: str, fingerprint: str) -> ExportRow | None:
+        row = self._one(
+            "SELECT status, detail, station, file_id FROM exports"
+            " WHERE source = ? AND key = ? AND fingerprint = ?",
+            (source, key, fingerprint),
+        )
+        return None if row is None else ExportRow(*(str(v) for v in row))
+
+    def put_export(
+        self,
+        source: str,
+        key: str,
+        fingerprint: str,
+        row: ExportRow,
+        at: str,
+    ) -> None:
+        """Record what became of an export; a later outcome replaces an earlier one."""
+        self._run(
+            "INSERT INTO exports (source, key, fingerprint, station, file_id, status, detail,"
+            " first_seen, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (source, key, fingerprint) DO UPDATE SET status = excluded.status,"
+            " detail = excluded.detail, station = excluded.station,"
+            " file_id = excluded.file_id, updated = excluded.updated",
+            (source, key, fingerprint, row.station, row.file_id, row.status, row.detail, at, at),
+        )
+
+    def exports(self, status: str | None = None) -> list[tuple[str, str, ExportRow]]:
+        """(source, key, outcome) of every export seen, oldest first."""
+        rows = self._all(
+            "SELECT source, key, status, detail, station, file_id FROM exports"
+            " WHERE ? IS NULL OR status = ? ORDER BY first_seen, source, key",
+            (status, status),
+        )
+        return [(str(r[0]), str(r[1]), ExportRow(*(str(v) for v in r[2:]))) for r in rows]

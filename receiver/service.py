@@ -51,14 +51,13 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from hashing._fsutil import FILE_MODE, make_private_dir, write_atomic
+from hashing._fsutil import make_private_dir
 from hashing.checkpoint import SignedCheckpoint
 from hashing.entries import INGEST, Entry, check_station_id
 from hashing.errors import (
@@ -69,17 +68,21 @@ from hashing.errors import (
     SignatureError,
 )
 from hashing.merkle import verify_consistency, verify_inclusion
-from hashing.note import NoteSigner, NoteVerifier
+from hashing.note import NoteVerifier
 from hashing.store import Store
 from receiver._db import ReceiverDB, Refusal, Segment, StoredFile, Transfer
+from receiver._keys import KEY_FILE as _KEY_FILE
+from receiver._keys import load_signer as _load_signer
+from receiver._keys import utc_now as _utc_now
 from receiver._spool import Spool, new_token
+from receiver.history import record_refusal
 from uploader import link, protocol
 from uploader.link import LinkState, MqttSettings
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "receiver.db"
-KEY_FILE = "receipt.key"
+KEY_FILE = _KEY_FILE  # in keys/ under the home (receiver._keys, shared with the EMQX path)
 MAX_CHECKPOINT_BYTES = 64 * 1024  # a checkpoint note is ~200 bytes; a few signatures more
 MAX_MISSING_LISTED = 8  # missing ranges named in a fin result
 CHECKPOINT_LEAF = "checkpoint"
@@ -161,32 +164,6 @@ class _Answer(Exception):  # noqa: N818 - a control-flow signal, not an error
     def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.done = _Done(code, text)
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _load_signer(folder: Path, name: str) -> NoteSigner:
-    """The platform's receipt key: created once (0600 in a 0700 folder), then only read."""
-    make_private_dir(folder)
-    path = folder / KEY_FILE
-    if not path.exists():
-        signer = NoteSigner.generate(name)
-        write_atomic(path, signer.private_text().encode(), FILE_MODE)
-        log.warning("created the platform receipt key %s in %s", signer.verifier.vkey, path)
-        return signer
-    try:
-        mode = path.stat().st_mode & 0o777
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the receipt key: {e}") from e
-    if mode & 0o077:
-        raise ConfigError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
-    try:
-        return NoteSigner.parse(text)
-    except InputError as e:
-        raise ConfigError(f"{path}: {e}") from e
 
 
 class Receiver:
@@ -676,16 +653,7 @@ class Receiver:
 
     def _refuse(self, station: str, kind: str, detail: str, note: str) -> _Answer:
         """Record and log a refused checkpoint; returns the RC_CANCEL answer to raise."""
-        digest = hashlib.sha256(note.encode()).hexdigest()
-        with self._db.tx():
-            new = self._db.refuse(station, kind, detail, note, digest, _utc_now())
-        log.error(
-            "station %s: REFUSED checkpoint (%s%s): %s",
-            station,
-            kind,
-            "" if new else ", again",
-            detail,
-        )
+        record_refusal(self._db, station, kind, detail, note)
         return _Answer(protocol.RC_CANCEL, f"checkpoint refused ({kind}): {detail}")
 
     # -- checkpoint topic ---------------------------------------------------------

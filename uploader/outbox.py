@@ -16,7 +16,9 @@ Per file (its SHA-256 is the EIP-0021 file id, design.md "Formats"):
        └── reset (restart, fin "resend all") ◀─────┘
     any but receipted ──cancel / refusal──▶ failed ──`evidock upload retry`──▶ queued
 
-``segments`` holds the byte ranges the platform confirmed; a resumed transfer
+``init_payload`` holds the exact init sent first (frozen: every later init of
+the transfer sends these bytes again); ``reset`` keeps it, ``retry`` and
+``thaw_init`` drop it. ``segments`` holds the byte ranges the platform confirmed; a resumed transfer
 sends only the gaps. A range is recorded only after its result, so a crash
 loses at most the confirmations in flight, which are resent (the receiver is
 idempotent).
@@ -101,6 +103,18 @@ def m001_outbox(db: Database) -> None:
         " PRIMARY KEY (sha256, offset)) WITHOUT ROWID",
     ):
         db.execute(sql)
+
+
+@migrations()
+def m002_frozen_init(db: Database) -> None:
+    """The init payload of each transfer, frozen at its first init (issue 12).
+
+    EMQX accepts a second init only if it equals the filemeta it stored
+    (emqx_ft_storage_fs.erl ``store_filemeta``, else ``filemeta_conflict``), so
+    every init of a transfer re-sends these exact bytes, across restarts. NULL
+    until the first init; cleared only when the transfer starts over.
+    """
+    db.execute("ALTER TABLE transfers ADD COLUMN init_payload BLOB")
 
 
 @dataclass(frozen=True)
@@ -492,9 +506,31 @@ class Outbox:
                 (error, sha256, error),
             )
 
+    def frozen_init(self, sha256: str) -> bytes | None:
+        """The init payload frozen for this transfer, or None (none sent yet)."""
+        rows = self._query("SELECT init_payload FROM transfers WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def freeze_init(self, sha256: str, payload: bytes) -> bool:
+        """Store the init payload before it is first sent (durable when it returns). Only
+        the first one is kept: False if one was frozen already or the file is unknown."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE transfers SET init_payload = ? WHERE sha256 = ? AND init_payload IS NULL",
+                (payload, sha256),
+            )
+            return cur.rowcount > 0
+
+    def thaw_init(self, sha256: str) -> None:
+        """Drop the frozen init: the next init is built afresh (the platform asked for
+        newer provenance)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE transfers SET init_payload = NULL WHERE sha256 = ?", (sha256,))
+
     def reset(self, sha256: str) -> bool:
         """Start the transfer over (EIP-0021 "restart": the platform lost the segments, or
-        its assembled file did not match): drop the confirmations, back to queued."""
+        its assembled file did not match): drop the confirmations, back to queued. The
+        frozen init stays: it is the same transfer, and EMQX still holds its filemeta."""
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE transfers SET state = 'queued', finished_at = NULL, updated_at = ?"
@@ -505,7 +541,8 @@ class Outbox:
             return cur.rowcount > 0
 
     def retry(self, sha256: str) -> Transfer:
-        """`evidock upload retry`: send a file again from the start, whatever went wrong.
+        """`evidock upload retry`: send a file again from the start, whatever went wrong;
+        its init is built afresh (the frozen one is dropped).
 
         Raises InputError if the outbox does not know the file or it is already
         receipted (nothing to send: the platform holds a verified copy).
@@ -520,7 +557,7 @@ class Outbox:
                 raise InputError(f"{sha256} is already receipted by the platform; nothing to retry")
             conn.execute(
                 "UPDATE transfers SET state = 'queued', finished_at = NULL, last_error = NULL,"
-                " updated_at = ? WHERE sha256 = ?",
+                " init_payload = NULL, updated_at = ? WHERE sha256 = ?",
                 (time.time(), sha256),
             )
             conn.execute("DELETE FROM segments WHERE sha256 = ?", (sha256,))

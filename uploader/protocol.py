@@ -15,16 +15,25 @@ command's MQTT 5 Response-Topic, echoing its Correlation-Data, with the JSON
 broker that does not implement file transfer (mosquitto), those results come
 from `evidock receive`; the PUBACK only says the broker took the message.
 
-evidock puts the station in the prefix (default ``$file-async/{station}``) so a
-broker ACL can let each station publish only its own transfers; ``$file-async``
-alone is what a stock EMQX expects, where the client id names the transfer.
-The file id is the file's SHA-256, so a resent file is the same transfer.
+Two kinds of broker (``[upload] broker``), two prefixes:
 
-The receiver trusts the station's signature, not the transport: ``user_data``
-carries the file's ledger entry, its inclusion proof, the station's signed
-checkpoint and a consistency proof from the checkpoint the platform already
-holds (Provenance). Receipts are C2SP signed notes by the platform key whose
-text is one line of canonical JSON (Receipt).
+* ``emqx``: a stock EMQX (e5.3.2+, file transfer enabled) consumes the commands
+  itself. Its prefix is ``$file-async`` alone: emqx_ft.erl ``on_file_command``
+  splits the topic as ``[_FTPrefix, FileIdIn | Rest]``, so a level between the
+  prefix and the file id would be read as the file id. The transfer is scoped
+  by ``{ClientId, FileId}`` (emqx_ft.erl ``transfer/2``), so the client id stays
+  ``evidock-{station}``. ``user_data`` is tiny (``emqx_user_data``) and the
+  provenance travels in the ledger mirror (``MirrorBatch``).
+* ``mosquitto``: a broker that routes the commands to `evidock receive`. The
+  prefix is ``$file-async/{station}`` so a broker ACL can let each station
+  publish only its own transfers, and ``user_data`` carries the file's ledger
+  entry, its inclusion proof, the station's signed checkpoint and a
+  consistency proof from the checkpoint the platform already holds
+  (Provenance).
+
+The file id is the file's SHA-256, so a resent file is the same transfer.
+Receipts are C2SP signed notes by the platform key whose text is one line of
+canonical JSON (Receipt).
 """
 
 from __future__ import annotations
@@ -42,7 +51,11 @@ from hashing.errors import InputError
 from hashing.merkle import HASH_SIZE
 from hashing.note import NoteSigner, NoteVerifier, open_note, sign_note
 
-DEFAULT_PREFIX = "$file-async/{station}"
+BROKER_EMQX = "emqx"
+BROKER_MOSQUITTO = "mosquitto"
+BROKERS = (BROKER_EMQX, BROKER_MOSQUITTO)
+DEFAULT_PREFIX = "$file-async/{station}"  # the mosquitto kind's (and `evidock receive`'s)
+EMQX_PREFIX = "$file-async"  # the only prefix emqx_ft's asynchronous variant parses
 DOCK_TOPICS = "evidock/v1/docks/{station}"
 RESULT_VSN = "0.1"
 
@@ -155,6 +168,11 @@ class Topics:
         """The checkpoint the platform holds for this station, retained by the receiver."""
         return self._dock("held")
 
+    @property
+    def ledger(self) -> str:
+        """Where the dock mirrors its ledger to the platform (``MirrorBatch``, EMQX kind)."""
+        return self._dock("ledger")
+
 
 def check_prefix(template: str) -> str:
     """A command prefix: ``$file-async`` (stock EMQX) or one with a ``{station}`` level."""
@@ -163,6 +181,43 @@ def check_prefix(template: str) -> str:
         raise InputError(f"topic prefix {template!r}: levels must be non-empty, no wildcards")
     if "{station}" in template and levels.count("{station}") != 1:
         raise InputError(f"topic prefix {template!r}: {{station}} must be one whole level")
+    return template
+
+
+def broker_prefix(broker: str, template: str, *, station_level: bool = True) -> str:
+    """The command prefix for ``broker`` (``BROKERS``): ``template``, or the kind's own
+    when it is empty. Raises InputError for a kind or a prefix the broker cannot parse,
+    and, with ``station_level``, for a mosquitto prefix without a ``{station}`` level.
+
+    EMQX reads the level after the prefix as the file id (emqx_ft.erl
+    ``on_file_command``: ``[_FTPrefix, FileIdIn | Rest]``), so only
+    ``$file-async`` itself works there; evidock's transfers need the
+    asynchronous variant (results on the Response-Topic), hence not ``$file``.
+    For mosquitto the station level is what the shipped ACL confines a dock
+    to (``pattern write $file-async/%u/#``).
+    """
+    if broker not in BROKERS:
+        raise InputError(f"broker {broker!r}: choose one of {', '.join(map(repr, BROKERS))}")
+    if broker == BROKER_EMQX:
+        if template not in ("", EMQX_PREFIX):
+            raise InputError(
+                f"topic_prefix {template!r}: EMQX parses only {EMQX_PREFIX!r} (it reads the "
+                "level after it as the file id); leave topic_prefix empty",
+                hint='for a mosquitto + `evidock receive` platform set broker = "mosquitto"',
+            )
+        return EMQX_PREFIX
+    if not template:
+        return DEFAULT_PREFIX
+    try:
+        check_prefix(template)
+    except InputError as e:
+        raise InputError(f"topic_prefix: {e}") from e
+    if station_level and "{station}" not in template.split("/"):
+        raise InputError(
+            f"topic_prefix {template!r}: with mosquitto it needs a {{station}} level, which "
+            "the broker's ACL confines each dock to",
+            hint=f"leave topic_prefix empty for {DEFAULT_PREFIX!r}",
+        )
     return template
 
 
@@ -371,6 +426,157 @@ class Provenance:
             start,
             _hashes(value.get("consistency"), "user_data consistency"),
         )
+
+
+def emqx_user_data(station: str, seq: int) -> dict[str, Any]:
+    """``user_data`` for the EMQX kind: ``{"evidock": 1, "seq": ..., "station": ...}``.
+
+    Tiny and fixed per transfer, so the filemeta fits S3's 2 KB user metadata
+    (emqx_ft_storage_exporter_s3.erl carries the filemeta there) and a re-sent
+    init equals the stored one (emqx_ft_storage_fs.erl ``store_filemeta``). The
+    provenance itself reaches the platform through the ledger mirror. Keys in
+    sorted order, so its JSON is canonical.
+    """
+    return {"evidock": 1, "seq": seq, "station": station}
+
+
+# -- the ledger mirror (EMQX kind) -----------------------------------------------
+
+MIRROR_MAX_ENTRIES = 256
+MIRROR_MAX_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class MirrorBatch:
+    """One message on ``evidock/v1/docks/{station}/ledger``: entries ``start`` ..
+    ``start + len(entries) - 1`` of the station's ledger, exactly as stored, and the
+    station's signed checkpoint of size ``start + len(entries)``.
+
+    The platform, holding every entry, recomputes the tree itself (RFC 9162
+    §2.1.1) and checks it against the signed root: no proof travels, and
+    nothing of it has to fit EMQX's frozen filemeta or S3's 2 KB.
+    """
+
+    start: int
+    entries: tuple[bytes, ...]
+    checkpoint: str  # the signed note, text
+
+    @property
+    def end(self) -> int:
+        """The checkpoint's tree size."""
+        return self.start + len(self.entries)
+
+    def to_json(self) -> bytes:
+        """Canonical JSON ``{"checkpoint", "entries" (standard base64), "from"}``."""
+        return canonical.dumps(
+            {
+                "from": self.start,
+                "entries": [base64.b64encode(e).decode() for e in self.entries],
+                "checkpoint": self.checkpoint,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> MirrorBatch:
+        """Strict parse (canonical JSON, the limits); the entries and the checkpoint are
+        judged by the platform, not here. Raises InputError naming the fault."""
+        if len(payload) > MIRROR_MAX_BYTES:
+            raise InputError(f"ledger batch is {len(payload)} bytes; at most {MIRROR_MAX_BYTES}")
+        value = canonical.loads(payload)
+        if not isinstance(value, dict) or set(value) != {"from", "entries", "checkpoint"}:
+            raise InputError("ledger batch must hold exactly from, entries and checkpoint")
+        start, entries, note = value["from"], value["entries"], value["checkpoint"]
+        if not _is_int(start) or start < 0 or not isinstance(note, str):
+            raise InputError("ledger batch from must be a non-negative integer, checkpoint a note")
+        if not isinstance(entries, list) or not 0 < len(entries) <= MIRROR_MAX_ENTRIES:
+            raise InputError(f"ledger batch entries must be a list of 1-{MIRROR_MAX_ENTRIES}")
+        return cls(start, tuple(_b64(e, "ledger batch entry") for e in entries), note)
+
+
+def mirror_payload_bytes(entry_bytes: int, entries: int, checkpoint_bytes: int) -> int:
+    """An upper bound on ``MirrorBatch.to_json()``'s length, from the raw sizes: base64
+    is 4 bytes per 3 (rounded up per entry), plus quotes and commas, plus a checkpoint
+    note whose newlines JSON escapes (2 bytes each: at most the note's length again)."""
+    return 4 * (entry_bytes + 2 * entries) // 3 + 3 * entries + 2 * checkpoint_bytes + 64
+
+
+# -- refusals from a stock EMQX ---------------------------------------------------
+
+PERMANENT, RESTART, TRANSIENT = "permanent", "restart", "transient"
+
+# EMQX answers every error with PUBACK 0x80 (emqx_ft.erl ``result_to_rc``); what went
+# wrong is the result message's ``reason_description``, which emqx_ft_error.erl
+# ``format/1`` makes from the error term: an atom's name, the first atom of a
+# 2-tuple, else "internal_error". Where each comes from, and what it asks of us:
+#
+#   description           from (apps/emqx_ft/src/)                          verdict
+#   filemeta_conflict     emqx_ft_storage_fs.erl store_filemeta: a second   permanent
+#                         init differs from the stored filemeta
+#   invalid_filemeta      emqx_ft_schema.erl decode/2 (hocon check; also    permanent
+#                         a name refused by emqx_ft_fs_util.erl
+#                         is_filename_safe or over 240 bytes, and
+#                         segments_ttl 0: pos_integer())
+#   invalid_filemeta_json emqx_ft_schema.erl decode/2: not JSON             permanent
+#   invalid_file_command  emqx_ft.erl do_on_file_command: unknown Rest      permanent
+#   invalid_offset        emqx_ft.erl do_validate (offset not decimal)      permanent
+#   invalid_size          emqx_ft.erl do_validate (fin size not decimal)    permanent
+#   invalid_checksum      emqx_ft.erl do_validate / parse_checksum          permanent
+#   invalid_fileid        emqx_ft.erl do_validate (empty file id)           permanent
+#   invalid_topic         emqx_ft.erl on_file_command (no levels)           permanent
+#   checksum_mismatch     segment: emqx_ft.erl do_validate integrity (the    transient
+#                         bytes arrived different: resend them); fin: the    permanent
+#                         contract's word for a whole-file mismatch
+#   incomplete            emqx_ft_assembler.erl list_remote_fragments:       restart
+#                         segments missing (GC'd past segments_ttl, a node
+#                         gone): send the whole file again
+#   internal_error        emqx_ft.erl store_filemeta / store_segment /       transient
+#                         assemble catch-alls, and any 3-tuple: note that
+#                         emqx_ft_storage_exporter.erl verify_checksum's
+#                         {checksum_mismatch, Algo, Hex} is a 3-tuple, so a
+#                         fin whose assembled file mismatches says this
+#   timeout               emqx_ft.erl on_complete: assembly over its time    transient
+#   read_segment, eacces, enospc, ... (file:posix() of                       transient
+#                         emqx_ft_storage_fs.erl, export errors)
+#
+# ``unsupported_ft_operation`` and ``export_failed`` do not occur in emqx_ft's
+# source (HEAD of August 2026); like every unknown description they are transient.
+_EMQX_PERMANENT = frozenset(
+    {
+        "filemeta_conflict",
+        "invalid_filemeta",
+        "invalid_filemeta_json",
+        "invalid_file_command",
+        "invalid_offset",
+        "invalid_size",
+        "invalid_checksum",
+        "invalid_fileid",
+        "invalid_topic",
+    }
+)
+
+
+def emqx_refusal(kind: str, description: str) -> str:
+    """What an EMQX error result for command ``kind`` asks: ``PERMANENT`` (fail the
+    transfer with the reason, never retried), ``RESTART`` (send the whole file again)
+    or ``TRANSIENT`` (send the command again after a pause). See the table above."""
+    word = description.strip()
+    if word in _EMQX_PERMANENT:
+        return PERMANENT
+    if word == "checksum_mismatch":
+        return PERMANENT if kind == "fin" else TRANSIENT
+    if word == "incomplete" and kind == "fin":
+        return RESTART
+    return TRANSIENT
+
+
+# The mosquitto receiver's RC_RETRY texts that ask for an init built afresh (a newer
+# consistency proof, a newer checkpoint): receiver.service ``Receiver._judge``.
+NEWER_PROOF_ASKED = ("send a consistency proof from size", "send a checkpoint of size")
+
+
+def asks_newer_proof(description: str) -> bool:
+    """Whether a mosquitto receiver's init refusal asks for fresh provenance."""
+    return any(p in description for p in NEWER_PROOF_ASKED)
 
 
 # -- results ------------------------------------------------------------------

@@ -11,6 +11,13 @@ key and the dock's own digest, one ``upload_receipt`` entry is appended, and
 only then may the ``after_receipt`` wipe policy delete the recording from its
 camera (design.md steps 7-9).
 
+With a stock EMQX (``[upload] broker = "emqx"``) the shell also fills the
+machine's ``PublishMirror`` with the ledger's exact entries and a stored signed
+checkpoint (protocol.MirrorBatch), and signs a checkpoint when the ledger has
+grown past the newest one (``MIRROR_SIGN_ENTRIES`` / ``MIRROR_SIGN_S``), since
+the mirror reaches only as far as a signed checkpoint and the platform's
+receipt service waits for it to cover a file's entry.
+
 Threads: paho's network thread only parses and queues events; one worker
 thread owns the machine, the outbox writes and every decision, so neither
 needs locks. Durable state lives in the outbox (uploader.outbox); what is in
@@ -47,8 +54,8 @@ from hashing.note import parse_note
 from hashing.station import Station
 from uploader import link, protocol
 from uploader.link import LinkState, MqttSettings
-from uploader.outbox import UPLOAD_RECEIPT, Outbox, Transfer
-from uploader.protocol import Provenance, Result, Topics
+from uploader.outbox import FAILED, UPLOAD_RECEIPT, Outbox, Transfer
+from uploader.protocol import MirrorBatch, Provenance, Result, Topics
 from uploader.transfer import (
     FIN_RESENDS_PER_STEP,
     UNQUEUED_PAUSE_S,
@@ -56,16 +63,19 @@ from uploader.transfer import (
     BackOff,
     CheckpointPublished,
     ConfirmSegment,
+    FreezeInit,
     Key,
     MarkFailed,
     MarkFinished,
     MarkInitialised,
     NoteError,
     Publish,
+    PublishMirror,
     RecordReceipt,
     Reset,
     SaveHeld,
     Step,
+    ThawInit,
     TransferMachine,
     UploadSettings,
     check_receipt,
@@ -79,6 +89,12 @@ log = logging.getLogger(__name__)
 SYNC_EVERY_S = 1.0  # the ledger is looked at this often even without wake()
 EVENT_QUEUE_MAX = 4096  # more events than this means a flood; dropped ones are only delays
 RATE_WINDOW_S = 5.0
+# EMQX kind: the ledger mirror reaches only as far as a signed checkpoint, so one is
+# signed when the ledger has grown this much past the newest, or this long after it
+# grew at all (the receipt service waits for the mirror to reach a file's entry).
+MIRROR_SIGN_ENTRIES = protocol.MIRROR_MAX_ENTRIES // 2
+MIRROR_SIGN_S = 5.0
+FAILED_SHOWN = 5  # failed transfers with their reasons in the snapshot (kiosk, status)
 
 
 class StationFiles:
@@ -132,6 +148,71 @@ class StationFiles:
             consistency_from=start,
             consistency=tuple(consistency),
         )
+
+    def mirror_end(self, start: int) -> int | None:
+        """The end of the mirror's next batch from ``start`` (transfer.StationReads): the
+        largest stored checkpoint within MIRROR_MAX_ENTRIES whose batch fits
+        MIRROR_MAX_BYTES. A ledger signed with wider gaps than that (before the EMQX
+        kind signed every MIRROR_SIGN_ENTRIES) has no such checkpoint: then the batch
+        ends at the next one, over the limits, with a warning."""
+        ledger = self.station.ledger
+        rows = ledger.execute(
+            "SELECT size, length(note) FROM checkpoints WHERE size > ? AND size <= ?"
+            " ORDER BY size DESC",
+            (start, start + protocol.MIRROR_MAX_ENTRIES),
+        )
+        for size, note_bytes in rows:
+            n = int(size) - start
+            raw = ledger.execute(
+                "SELECT coalesce(sum(length(data)), 0) FROM entries WHERE seq >= ? AND seq < ?",
+                (start, int(size)),
+            )[0][0]
+            if protocol.mirror_payload_bytes(int(raw), n, int(note_bytes)) <= (
+                protocol.MIRROR_MAX_BYTES
+            ):
+                return int(size)
+        above = ledger.execute("SELECT min(size) FROM checkpoints WHERE size > ?", (start,))
+        if not above or above[0][0] is None:
+            return None
+        end = int(above[0][0])
+        log.warning(
+            "no signed checkpoint within %d entries / %d KiB after %d: the mirror sends "
+            "entries %d-%d in one batch, over the platform's limit",
+            protocol.MIRROR_MAX_ENTRIES,
+            protocol.MIRROR_MAX_BYTES >> 10,
+            start,
+            start,
+            end - 1,
+        )
+        return end
+
+    def mirror_batch(self, start: int, end: int) -> MirrorBatch:
+        """Entries [start, end) exactly as stored, with the signed checkpoint of size
+        ``end``. Raises InputError if the ledger has no such checkpoint or entries."""
+        ledger = self.station.ledger
+        notes = ledger.execute("SELECT note FROM checkpoints WHERE size = ?", (end,))
+        if not notes:
+            raise InputError(f"the ledger has no signed checkpoint of size {end}")
+        entries = tuple(raw for _seq, raw in ledger.raw_entries(start, end))
+        if len(entries) != end - start:
+            raise InputError(f"the ledger lacks entries {start}-{end - 1}")
+        return MirrorBatch(start, entries, str(notes[0][0]))
+
+    def sign_for_mirror(self, now: float, grew_at: float | None) -> float | None:
+        """Sign a checkpoint when the mirror would otherwise wait (EMQX kind): the ledger
+        is MIRROR_SIGN_ENTRIES past the newest checkpoint, or has been past it since
+        ``grew_at`` for MIRROR_SIGN_S. Returns when the ledger grew past its newest
+        checkpoint (None: it has not). Raises ForkError from the signer."""
+        ledger = self.station.ledger
+        latest = ledger.latest_checkpoint()
+        behind = ledger.size() - (latest.checkpoint.size if latest is not None else 0)
+        if behind <= 0:
+            return None
+        since = now if grew_at is None else grew_at
+        if behind < MIRROR_SIGN_ENTRIES and now - since < MIRROR_SIGN_S:
+            return since
+        self.station.checkpoint()
+        return None
 
     def segment(self, transfer: Transfer, offset: int, length: int) -> tuple[bytes, str]:
         """Read one segment from the store into the reusable buffer; return an immutable
@@ -187,11 +268,12 @@ class Uploader:
         self.outbox = Outbox.for_home(station.home)
         self.topics = Topics(station.station_id, settings.prefix_template)
         self.link = LinkState(mqtt_settings.describe()) if mqtt_settings else None
+        self.files = StationFiles(station, settings.segment_bytes)
         self.machine = TransferMachine(
             settings,
             self.topics,
             self.outbox,
-            StationFiles(station, settings.segment_bytes),
+            self.files,
             origin=station.origin,
             held=int(self.outbox.get_meta("held_size") or 0),
             published=int(self.outbox.get_meta("published_checkpoint") or -1),
@@ -202,6 +284,7 @@ class Uploader:
         self._client: mqtt.Client | None = None
         self._woken = True
         self._last_sync = 0.0
+        self._grew_at: float | None = None  # when the ledger last grew past its checkpoint
         self._sent: collections.deque[tuple[float, int]] = collections.deque()
         self._sent_bytes = 0  # the sum over _sent, kept as it changes (status after each event)
         self._status_lock = threading.Lock()
@@ -276,7 +359,16 @@ class Uploader:
                 link_view["last_error"] = refusal
         with self._status_lock:
             current = dict(self._status) if self._status else None
-        return {"link": link_view, "queue": self.outbox.summary(), "current": current}
+        failed = [
+            {"sha256": r["sha256"], "name": r["name"], "error": r["last_error"]}
+            for r in self.outbox.list(FAILED_SHOWN, FAILED)
+        ]
+        return {
+            "link": link_view,
+            "queue": self.outbox.summary(),
+            "current": current,
+            "failed": failed,
+        }
 
     def drain(self, timeout_s: float) -> bool:
         """Block until every file in the ledger so far is receipted (or failed, which
@@ -384,6 +476,9 @@ class Uploader:
                 with self._changed:
                     self._changed.notify_all()
             looked = True
+            if self.settings.emqx and self._client is not None:
+                # Only with a broker: a dock without one signs on its own schedule.
+                self._grew_at = self.files.sign_for_mirror(now, self._grew_at)
         step: Step = self.machine.tick(now, time.time(), looked=looked)
         wait = min(step.wait_s, self._carry_out(step.actions))
         self._publish_status()
@@ -493,6 +588,14 @@ class Uploader:
                     self.outbox.note_error(sha, error)
                 case Reset(sha256=sha):
                     self.outbox.reset(sha)
+                case FreezeInit(sha256=sha, payload=payload):
+                    self.outbox.freeze_init(sha, payload)
+                case ThawInit(sha256=sha):
+                    self.outbox.thaw_init(sha)
+                case PublishMirror():
+                    publish = self._mirror_publish(action)
+                    if publish is not None and not self._send(publish):
+                        unsent.append(action.key)
                 case SaveHeld(size=size):
                     self.outbox.set_meta("held_size", str(size))
                 case CheckpointPublished(size=size):
@@ -505,6 +608,17 @@ class Uploader:
             return float("inf")
         self._carry_out(self.machine.unsent(tuple(unsent), time.monotonic()))
         return UNQUEUED_PAUSE_S
+
+    def _mirror_publish(self, action: PublishMirror) -> Publish | None:
+        """The mirror batch the machine decided on, read from the ledger; None if it
+        cannot be read (logged: the machine sends it again when its wait runs out)."""
+        try:
+            batch = self.files.mirror_batch(action.start, action.end)
+        except EvidockError as e:
+            log.error("cannot mirror ledger entries %d-%d: %s", action.start, action.end - 1, e)
+            return None
+        log.info("mirroring ledger entries %d-%d to the platform", action.start, action.end - 1)
+        return Publish(action.key, self.topics.ledger, batch.to_json())
 
     def _send(self, action: Publish) -> bool:
         """Publish one command (QoS 1); False if paho refused to queue it."""

@@ -19,7 +19,8 @@ Events in (methods, each returning the actions it causes):
 * ``puback(mid, code, text, now)``: the broker's PUBACK and its reason code
 * ``result(key, result, now)``: a command's parsed ``protocol.Result``
 * ``receipt(check)``: a receipt judged by ``check_receipt`` (verified or not)
-* ``held(checkpoint)``: the checkpoint the platform holds for this station
+* ``held(checkpoint)``: the checkpoint the platform holds for this station (with
+  EMQX, the receipt service's answer to the ledger mirror)
 * ``refused(reason)`` (the broker refused our subscriptions) and
   ``trouble(reason, now)`` (the shell failed doing something: pause)
 * ``tick(now, wall, looked=...)``: time passes; send what may be sent now
@@ -27,8 +28,24 @@ Events in (methods, each returning the actions it causes):
 Actions out (frozen values): ``Publish`` (topic, payload, the MQTT 5
 properties as values, its ``Key``), the outbox's records (``MarkInitialised``,
 ``ConfirmSegment``, ``MarkFinished``, ``MarkFailed``, ``NoteError``, ``Reset``,
-``SaveHeld``, ``CheckpointPublished``, ``RecordReceipt``) and ``BackOff``
-(the pause the machine itself keeps; it only tells).
+``FreezeInit``, ``ThawInit``, ``SaveHeld``, ``CheckpointPublished``,
+``RecordReceipt``), ``PublishMirror`` (a ledger batch whose bytes the shell
+reads) and ``BackOff`` (the pause the machine itself keeps; it only tells).
+
+Two kinds of platform (``UploadSettings.broker``, protocol's docstring): a
+mosquitto routing the commands to `evidock receive`, which answers with
+EIP-0021's reason codes, and a stock EMQX, which answers every error PUBACK
+0x80 and a result whose ``reason_description`` names it: that decides
+(protocol.emqx_refusal: fail with the reason, send the file whole again, or
+send the command again after a pause). With EMQX the provenance travels as a
+mirror of the ledger (protocol.MirrorBatch) from the size the platform holds.
+
+The init is frozen: built once per transfer, stored by the outbox
+(``FreezeInit``) before it is first published, and every later init of that
+transfer re-sends exactly those bytes (emqx_ft_storage_fs.erl
+``store_filemeta`` refuses a second init that differs: ``filemeta_conflict``).
+Only a transfer started over drops them: `evidock upload retry` (the outbox)
+or the mosquitto receiver asking for a newer proof (``ThawInit``).
 
 Transfers follow EMQX file transfer (EIP-0021, asynchronous ``$file-async``
 variant; see uploader.protocol): ``init`` with the file's provenance, the
@@ -103,6 +120,18 @@ BACKOFF_MAX_S = 60.0
 IDLE_S = 1.0  # a tick at least this often: deadlines, the receipt clock, the schedule
 UNQUEUED_PAUSE_S = 0.1  # paho's queue was full: look again this soon
 FIN_RESENDS_PER_STEP = 4
+EMQX_ERROR_PUBACK = 0x80  # emqx_ft.erl result_to_rc: ?RC_UNSPECIFIED_ERROR for every error
+COMMANDS = ("init", "segment", "fin", "abort")  # the file-transfer commands, not our own topics
+
+# What an operator can do about a permanent EMQX refusal, shown with it.
+PERMANENT_HINTS = {
+    "filemeta_conflict": (
+        "EMQX holds a different init for this file (settings changed since it was "
+        "first sent); it keeps it until its segments_ttl passes, then "
+        "`evidock upload retry` sends it afresh"
+    ),
+    "invalid_filemeta": "check [upload] segments_ttl_s and the recording's name",
+}
 UNACKED_SEGMENTS = 8  # segments sent that the broker has not acknowledged (PUBACK) yet
 
 NO_CAP = Bandwidth(0, (), 480)
@@ -129,9 +158,17 @@ def parse_platform_keys(text: str, where: str) -> tuple[NoteVerifier, ...]:
 @dataclass(frozen=True)
 class UploadSettings:
     """``[upload]`` (config/evidock.toml documents each). Raises ConfigError when built
-    with values no transfer can work with."""
+    with values no transfer can work with.
 
-    prefix_template: str = protocol.DEFAULT_PREFIX
+    ``broker`` is the platform's kind (protocol.BROKERS); ``prefix_template``
+    empty means that kind's own prefix, and after construction always holds the
+    prefix in use (protocol.broker_prefix). The value's own default kind is
+    mosquitto, what code building it directly talks to (tests, the demo, the
+    benchmark run a mosquitto and `evidock receive`); the configuration file's
+    default is EMQX (agent.config SCHEMA, ``from_config``).
+    """
+
+    prefix_template: str = ""
     segment_bytes: int = 1 << 20
     window_segments: int = 32
     bandwidth: Bandwidth = NO_CAP
@@ -139,6 +176,7 @@ class UploadSettings:
     segments_ttl_s: int = 86400
     result_timeout_s: float = 30.0
     receipt_timeout_s: float = 120.0
+    broker: str = protocol.BROKER_MOSQUITTO
 
     def __post_init__(self) -> None:
         if self.segment_bytes < MIN_SEGMENT_BYTES:
@@ -147,26 +185,48 @@ class UploadSettings:
             raise ConfigError("[upload] window_segments must be at least 1")
         if self.result_timeout_s <= 0 or self.receipt_timeout_s <= 0:
             raise ConfigError("[upload] result_timeout_s and receipt_timeout_s must be positive")
+        if self.segments_ttl_s < 1:
+            # emqx_ft_schema.erl schema(filemeta): segments_ttl is a pos_integer(); an
+            # init carrying 0 is refused as invalid_filemeta.
+            raise ConfigError(
+                "[upload] segments_ttl_s must be a positive number of seconds",
+                hint="EMQX clamps it to its own minimum and maximum; 86400 is a day",
+            )
         try:
-            protocol.check_prefix(self.prefix_template)
+            # A literal level instead of {station} is left to the configuration's check
+            # (from_config): code building the value directly may want one on purpose.
+            prefix = protocol.broker_prefix(self.broker, self.prefix_template, station_level=False)
         except InputError as e:
-            raise ConfigError(f"[upload] topic_prefix: {e}") from e
+            raise ConfigError(f"[upload] {e}", hint=e.hint) from e
+        object.__setattr__(self, "prefix_template", prefix)
+
+    @property
+    def emqx(self) -> bool:
+        """The platform is a stock EMQX (its refusals, the ledger mirror)."""
+        return self.broker == protocol.BROKER_EMQX
 
     @classmethod
     def from_config(cls, upload: Mapping[str, Any], utc_offset_minutes: int) -> UploadSettings:
         """From the ``[upload]`` table (agent.config) and ``[offload] utc_offset_minutes``.
 
         ``platform_key`` may hold several verifier keys separated by spaces or
-        commas (a platform rotating its key). Raises ConfigError.
+        commas (a platform rotating its key). ``broker`` defaults to EMQX here.
+        Raises ConfigError.
         """
         keys = parse_platform_keys(str(upload.get("platform_key", "")), "[upload] platform_key")
+        broker = str(upload.get("broker", protocol.BROKER_EMQX))
+        prefix = str(upload.get("topic_prefix", ""))
+        try:
+            protocol.broker_prefix(broker, prefix)  # with mosquitto: the ACL's {station} level
+        except InputError as e:
+            raise ConfigError(f"[upload] {e}", hint=e.hint) from e
         bandwidth = Bandwidth(
             int(upload.get("bandwidth_bytes_per_s", 0)),
             parse_schedule(upload.get("schedule", [])),
             utc_offset_minutes,
         )
         return cls(
-            prefix_template=str(upload.get("topic_prefix", protocol.DEFAULT_PREFIX)),
+            prefix_template=prefix,
             segment_bytes=int(upload.get("segment_bytes", 1 << 20)),
             window_segments=int(upload.get("window_segments", 32)),
             bandwidth=bandwidth,
@@ -174,6 +234,7 @@ class UploadSettings:
             segments_ttl_s=int(upload.get("segments_ttl_s", 86400)),
             result_timeout_s=float(upload.get("result_timeout_s", 30)),
             receipt_timeout_s=float(upload.get("receipt_timeout_s", 120)),
+            broker=broker,
         )
 
 
@@ -181,8 +242,8 @@ class Key(NamedTuple):
     """Which command: results and PUBACKs are matched on it (Correlation-Data)."""
 
     file_id: str  # the file's SHA-256; "" for the checkpoint
-    kind: str  # "init" | "segment" | "fin" | "abort" | "checkpoint"
-    offset: int = 0  # a segment's offset, the checkpoint's tree size, else 0
+    kind: str  # "init" | "segment" | "fin" | "abort" | "checkpoint" | "mirror"
+    offset: int = 0  # a segment's offset, the checkpoint's tree size, a mirror's start, else 0
 
 
 # -- the reads the machine needs ------------------------------------------------------
@@ -215,6 +276,10 @@ class OutboxReads(Protocol):
         """Finished files whose fin was confirmed before ``older_than`` (wall clock)."""
         ...
 
+    def frozen_init(self, sha256: str) -> bytes | None:
+        """The init payload frozen for this transfer (``FreezeInit``), or None."""
+        ...
+
 
 class StationReads(Protocol):
     """What the machine reads of the station: its ledger and its stored recordings."""
@@ -232,6 +297,12 @@ class StationReads(Protocol):
     def segment(self, transfer: Transfer, offset: int, length: int) -> tuple[bytes, str]:
         """The stored bytes [offset, offset + length) and their SHA-256 hex. Raises
         InputError if the stored copy cannot be read or is short (never retried)."""
+        ...
+
+    def mirror_end(self, start: int) -> int | None:
+        """Where the ledger mirror's next batch from ``start`` ends: the size of a stored
+        signed checkpoint above ``start`` whose batch keeps protocol.MIRROR_MAX_ENTRIES
+        and MIRROR_MAX_BYTES (the largest such), or None when no checkpoint is above."""
         ...
 
 
@@ -297,6 +368,35 @@ class Reset:
 
 
 @dataclass(frozen=True)
+class FreezeInit:
+    """Store this transfer's init payload durably, before it is first published: every
+    later init re-sends exactly these bytes (emqx_ft_storage_fs.erl ``store_filemeta``
+    accepts a second init only if it equals the stored filemeta)."""
+
+    sha256: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ThawInit:
+    """Drop the frozen init: the platform asked for provenance built afresh (the
+    mosquitto receiver's request for a newer consistency proof)."""
+
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PublishMirror:
+    """Publish the ledger mirror's batch [start, end) with the signed checkpoint of size
+    ``end`` (protocol.MirrorBatch) on ``Topics.ledger``, QoS 1, under ``key``; then
+    tell the machine ``queued`` or ``unsent`` as for a ``Publish``."""
+
+    key: Key
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class SaveHeld:
     """Remember the size of the checkpoint the platform holds (proofs start there)."""
 
@@ -335,6 +435,9 @@ Action = (
     | MarkFailed
     | NoteError
     | Reset
+    | FreezeInit
+    | ThawInit
+    | PublishMirror
     | SaveHeld
     | CheckpointPublished
     | RecordReceipt
@@ -508,6 +611,7 @@ class TransferMachine:
         self._aborted: set[str] = set()  # files aborted and restarted once in this run
         self._fin_retries: dict[str, int] = {}  # full resends after a refused fin, this run
         self._republish = False  # the retained checkpoint is due again on this connection
+        self._mirror_ahead = False  # logged that the platform holds more than we signed
         self._blocked_until = 0.0
         self._backoff = BACKOFF_MIN_S
         self._out: list[Action] = []
@@ -616,7 +720,12 @@ class TransferMachine:
         pending = None if key is None else self._pending.get(key)
         if key is None or pending is None or pending.mid != mid:
             return self._flush()
-        if code < 0x80 and (code != PUBACK_NO_SUBSCRIBERS or key.kind == "checkpoint"):
+        # emqx_ft answers every failed command PUBACK 0x80 (emqx_ft.erl result_to_rc) and
+        # publishes the reason as the result message: that message decides, not this.
+        emqx_says = self.settings.emqx and code == EMQX_ERROR_PUBACK and key.kind in COMMANDS
+        if emqx_says or (
+            code < 0x80 and (code != PUBACK_NO_SUBSCRIBERS or key.kind == "checkpoint")
+        ):
             pending.acked = True
             # The broker has it: from now on the wait is the receiver's (module docstring).
             pending.deadline = now + self.settings.result_timeout_s
@@ -648,7 +757,9 @@ class TransferMachine:
             self._late_result(key, result)
             return self._flush()  # a duplicate, or for a command given up on: harmless
         self._drop(key)
-        if key.kind == "init":
+        if self.settings.emqx and not result.ok and key.kind in COMMANDS:
+            self._emqx_refusal(pending, result, now)
+        elif key.kind == "init":
             self._init_result(pending, result, now)
         elif key.kind == "segment":
             self._segment_result(pending, result, now)
@@ -672,6 +783,11 @@ class TransferMachine:
             log.warning("held checkpoint is for %s, not %s", checkpoint.origin, self.origin)
             return self._flush()
         self._set_held(checkpoint.size)
+        for key in [k for k in self._pending if k.kind == "mirror"]:
+            # The batch was applied (held reached its end) or the platform holds another
+            # size than it started from: either way the next batch starts at the held size.
+            if checkpoint.size != key.offset:
+                self._drop(key)
         return self._flush()
 
     def refused(self, reason: str) -> Actions:
@@ -826,6 +942,49 @@ class TransferMachine:
             return True
         return False
 
+    def _emqx_refusal(self, pending: _Pending, result: Result, now: float) -> None:
+        """An error result from a stock EMQX: its ``reason_description`` says whether to
+        give up (fail the transfer with the reason), send the file again from its first
+        byte, or send the command again after a pause (protocol.emqx_refusal)."""
+        key = pending.key
+        sha, current = key.file_id, self._for_current(key.file_id)
+        reason = result.reason_description or "no reason given"
+        verdict = protocol.emqx_refusal(key.kind, reason)
+        if verdict == protocol.PERMANENT:
+            error = f"refused by the platform (EMQX) at {key.kind}: {reason}"
+            hint = PERMANENT_HINTS.get(reason)
+            log.error("not uploading %s: %s%s", sha, error, f"; {hint}" if hint else "")
+            self._emit(MarkFailed(sha, f"{error}; {hint}" if hint else error))
+            self._forget(sha)
+            return
+        if verdict == protocol.RESTART:
+            self._resend_whole(sha, current, reason)
+            return
+        what = f"{key.kind} refused by the platform (EMQX): {reason}"
+        log.warning("%s of %s; sending it again after a pause", what, sha[:12])
+        self._emit(NoteError(sha, what))
+        self._again(pending)
+        self._back_off(what, now)
+
+    def _resend_whole(self, sha: str, current: _Current | None, reason: str) -> None:
+        """The platform could not assemble the file: send it all again, a few times;
+        then fail it (the stored copy itself may be damaged)."""
+        self._fin_retries[sha] = tries = self._fin_retries.get(sha, 0) + 1
+        if tries > MAX_FIN_RETRIES:
+            error = (
+                f"the platform could not assemble the digest after {tries} full sends "
+                f"({reason}); run `evidock ledger verify`"
+            )
+            log.error("%s: %s", sha, error)
+            self._emit(MarkFailed(sha, error))
+            self._forget(sha)
+            return
+        log.warning("platform refused fin of %s (%s); sending it all again", sha[:12], reason)
+        self._emit(Reset(sha))
+        self._forget(sha)
+        if current is not None:
+            self._current = _Current(current.transfer)
+
     def _init_result(self, pending: _Pending, result: Result, now: float) -> None:
         sha = pending.key.file_id
         current = self._for_current(sha)
@@ -842,6 +1001,10 @@ class TransferMachine:
         what = f"{result.reason_description} (0x{result.reason_code:02x})"
         current.phase = "init"
         current.init_retries += 1
+        if result.reason_code == RC_RETRY and protocol.asks_newer_proof(result.reason_description):
+            # The receiver wants provenance from the size it holds now: the one case
+            # (besides a retry) where the frozen init is built afresh.
+            self._emit(ThawInit(sha))
         if result.reason_code == RC_RETRY and current.init_retries <= MAX_INIT_RETRIES:
             log.info("init of %s refused (%s); sending it again", sha[:12], what)
             return
@@ -881,27 +1044,9 @@ class TransferMachine:
             return
         if result.reason_code == RC_RETRY:
             # EIP-0021: fin refused means the assembled file was wrong: resend all.
-            self._fin_retries[sha] = tries = self._fin_retries.get(sha, 0) + 1
-            if tries > MAX_FIN_RETRIES:
-                # Sent whole and still not the digest: the stored copy itself may be
-                # damaged. Never retried alone; the operator runs `ledger verify`.
-                error = (
-                    f"the platform could not assemble the digest after {tries} full sends "
-                    f"({result.reason_description}); run `evidock ledger verify`"
-                )
-                log.error("%s: %s", sha, error)
-                self._emit(MarkFailed(sha, error))
-                self._forget(sha)
-                return
-            log.warning(
-                "platform refused fin of %s (%s); sending it all again",
-                sha[:12],
-                result.reason_description,
-            )
-            self._emit(Reset(sha))
-            self._forget(sha)
-            if current is not None:
-                self._current = _Current(current.transfer)
+            # Sent whole and still not the digest, the stored copy itself may be
+            # damaged: never retried alone; the operator runs `ledger verify`.
+            self._resend_whole(sha, current, result.reason_description)
             return
         if self._common_failure(pending, result, now):
             return
@@ -930,6 +1075,8 @@ class TransferMachine:
                 waits.append(pending.deadline - now)
         if now < self._blocked_until:
             return min([*waits, self._blocked_until - now])
+        if self.settings.emqx:
+            self._mirror(now)
         self._resend_fins(now, wall)
         waits.append(self._advance(now))
         return max(0.0, min(waits))
@@ -947,6 +1094,35 @@ class TransferMachine:
         self._publish(
             Key("", "checkpoint", size), self.topics.checkpoint, latest.note.encode(), now
         )
+
+    def _mirror(self, now: float) -> None:
+        """The ledger mirror (EMQX kind): send the platform the entries from the size it
+        holds (the retained note on the held topic) up to the latest checkpoint, one
+        batch at a time; the next goes once the held size moves, the same again when
+        it does not move within ``result_timeout_s`` (its pending deadline)."""
+        if any(k.kind == "mirror" for k in self._pending):
+            return
+        latest = self.station.latest_checkpoint()
+        if latest is None:
+            return
+        held, size = self.held_size, latest.checkpoint.size
+        if held >= size:
+            if held > size and not self._mirror_ahead:
+                self._mirror_ahead = True
+                log.error(
+                    "the platform holds %d entries of this ledger but its newest checkpoint "
+                    "is of size %d: run `evidock ledger verify`",
+                    held,
+                    size,
+                )
+            return
+        self._mirror_ahead = False
+        end = self.station.mirror_end(held)
+        if end is None or end <= held:
+            return
+        key = Key("", "mirror", held)
+        self._pending[key] = _Pending(key, end - held, now + self.settings.result_timeout_s)
+        self._emit(PublishMirror(key, held, end))
 
     def _resend_fins(self, now: float, wall: float) -> None:
         """Files the platform assembled whose receipt has not come: ask again (the
@@ -1022,22 +1198,50 @@ class TransferMachine:
         )
         return meta.to_json()
 
-    def _send_init(self, current: _Current, now: float) -> float:
-        transfer = current.transfer
-        try:
-            provenance = self.station.provenance(transfer, self.held_size)
-        except ForkError:
-            raise  # the station refuses to sign: every upload stops, tick backs off
-        except InputError as e:
-            log.error("not uploading %s: %s", transfer.sha256, e)
-            self._emit(MarkFailed(transfer.sha256, str(e)))
-            self._forget(transfer.sha256)
-            return 0.0
-        payload = self.init_payload(transfer, provenance)
+    def emqx_init_payload(self, transfer: Transfer) -> bytes:
+        """The EMQX kind's init: the filemeta with the tiny ``user_data``
+        (protocol.emqx_user_data), the same bytes for the same transfer and settings."""
+        meta = FileMeta(
+            name=protocol.safe_name(transfer.name),
+            size=transfer.size,
+            checksum=transfer.sha256,
+            expire_at=0,
+            segments_ttl=self.settings.segments_ttl_s,
+            user_data=protocol.emqx_user_data(self.topics.station, transfer.seq),
+        )
+        return meta.to_json()
+
+    def _build_init(self, transfer: Transfer) -> bytes | None:
+        """A new init payload for ``transfer``, or None after failing it (MarkFailed)."""
+        if self.settings.emqx:
+            payload = self.emqx_init_payload(transfer)
+        else:
+            try:
+                provenance = self.station.provenance(transfer, self.held_size)
+            except ForkError:
+                raise  # the station refuses to sign: every upload stops, tick backs off
+            except InputError as e:
+                log.error("not uploading %s: %s", transfer.sha256, e)
+                self._emit(MarkFailed(transfer.sha256, str(e)))
+                self._forget(transfer.sha256)
+                return None
+            payload = self.init_payload(transfer, provenance)
         if len(payload) > protocol.MAX_META_BYTES:
             self._emit(MarkFailed(transfer.sha256, f"init metadata is {len(payload)} bytes"))
             self._current = None
-            return 0.0
+            return None
+        return payload
+
+    def _send_init(self, current: _Current, now: float) -> float:
+        """Send the transfer's init: the frozen bytes if it has them, else new ones,
+        frozen (durably, by the shell carrying out ``FreezeInit``) before they go."""
+        transfer = current.transfer
+        payload = self.outbox.frozen_init(transfer.sha256)
+        if payload is None:
+            payload = self._build_init(transfer)
+            if payload is None:
+                return 0.0
+            self._emit(FreezeInit(transfer.sha256, payload))
         self._publish(Key(transfer.sha256, "init"), self.topics.init(transfer.sha256), payload, now)
         current.phase = "init-wait"
         return float("inf")

@@ -54,6 +54,7 @@ from hashing.station import Station
 from hashing.verify import verify_bundle
 from receiver.service import Receiver, ReceiverSettings, serve
 from uploader.link import MqttSettings
+from uploader.protocol import BROKER_MOSQUITTO
 from uploader.sender import Uploader, UploadSettings
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def _upload(station: Station, work: Path) -> None:
     """Upload everything through a local broker to a receiver; show the receipts."""
     missing = mosquitto_missing()
     if missing is not None:
-        uploader = Uploader(station, UploadSettings(), None)
+        uploader = Uploader(station, UploadSettings(broker=BROKER_MOSQUITTO), None)
         uploader.outbox.sync(station.ledger)
         queued = uploader.outbox.summary()["unreceipted"]
         uploader.close()
@@ -257,7 +258,8 @@ def _upload(station: Station, work: Path) -> None:
     server.start()
     uploader = Uploader(
         station,
-        UploadSettings(platform_keys=(receiver.verifier,)),
+        # The demo's platform is a local mosquitto and `evidock receive`.
+        UploadSettings(platform_keys=(receiver.verifier,), broker=BROKER_MOSQUITTO),
         settings(sid, f"evidock-{sid}"),
     )
     try:

@@ -29,6 +29,8 @@ from hashing.errors import ConfigError, EvidockError
 from hashing.findings import EXIT_OK, EXIT_TRANSIENT
 from hashing.note import NoteVerifier
 from hashing.station import Station
+from receiver.exports import ExportSource, LocalExports, S3Exports, S3Settings
+from receiver.receipts import ExportSettings, ReceiptService, serve_exports
 from receiver.service import Receiver, ReceiverSettings, serve
 from uploader import protocol
 from uploader.link import MqttSettings
@@ -79,7 +81,11 @@ def check(cfg: Config) -> Iterator[Problem]:
     except ConfigError as e:
         yield cfg.problem_from("upload", e)
     try:
-        receiver_settings(cfg)
+        if cfg.get("receiver", "source") == "emqx":
+            export_settings(cfg)
+            export_sources(cfg)
+        else:
+            receiver_settings(cfg)
     except ConfigError as e:
         yield cfg.problem_from("receiver", e, default_key="stations")
 
@@ -98,7 +104,8 @@ def build_uploader(station: Station, cfg: Config) -> Uploader:
     return Uploader(station, upload_settings(cfg), mqtt)
 
 
-def receiver_settings(cfg: Config, home: Path | None = None) -> ReceiverSettings:
+def _receiver_stations(cfg: Config) -> dict[str, tuple[NoteVerifier, ...]]:
+    """``[receiver] stations``: station id -> its pinned checkpoint keys (both sources)."""
     r = cfg.values["receiver"]
     where = f"{cfg.source}: [receiver]"
     stations: dict[str, tuple[NoteVerifier, ...]] = {}
@@ -114,8 +121,19 @@ def receiver_settings(cfg: Config, home: Path | None = None) -> ReceiverSettings
             stations[sid] = tuple(NoteVerifier.parse(k) for k in keys)
         except EvidockError as e:
             raise ConfigError(f"{where} station {sid}: {e}", hint=e.hint) from e
+    return stations
+
+
+def receiver_settings(cfg: Config, home: Path | None = None) -> ReceiverSettings:
+    r = cfg.values["receiver"]
+    stations = _receiver_stations(cfg)
     try:
-        prefix = protocol.check_prefix(cfg.get("upload", "topic_prefix"))
+        # `evidock receive` serves the mosquitto kind only: its prefix, or when empty (or
+        # the file configures a dock for EMQX, whose prefix is not the receiver's) the
+        # mosquitto kind's own.
+        upload = cfg.values["upload"]
+        mine = upload["topic_prefix"] if upload["broker"] == protocol.BROKER_MOSQUITTO else ""
+        prefix = protocol.check_prefix(mine or protocol.DEFAULT_PREFIX)
     except EvidockError as e:
         raise ConfigError(f"{cfg.source}: [upload] {e}", hint=e.hint) from e
     return ReceiverSettings(
@@ -125,6 +143,43 @@ def receiver_settings(cfg: Config, home: Path | None = None) -> ReceiverSettings
         max_transfers_per_station=r["max_transfers_per_station"],
         max_spool_bytes_per_station=r["max_spool_mb_per_station"] << 20,
     )
+
+
+def export_settings(cfg: Config, home: Path | None = None) -> ExportSettings:
+    """``[receiver]`` for the EMQX receipt service (``source = "emqx"``)."""
+    r = cfg.values["receiver"]
+    return ExportSettings(
+        home=home or Path(r["home"]),
+        stations=_receiver_stations(cfg),
+        poll_s=float(r["poll_s"]),
+        partition=r["partition"],
+        partitions=r["partitions"],
+    )
+
+
+def export_sources(cfg: Config) -> list[ExportSource]:
+    """Where EMQX exports: ``exports_dir`` (local exporter), ``s3_bucket`` (S3), or both."""
+    r = cfg.values["receiver"]
+    where = f"{cfg.source}: [receiver]"
+    sources: list[ExportSource] = []
+    if r["exports_dir"]:
+        if not Path(r["exports_dir"]).is_absolute():
+            raise ConfigError(f"{where} exports_dir: {r['exports_dir']}: give an absolute path")
+        sources.append(LocalExports(Path(r["exports_dir"])))
+    if r["s3_bucket"]:
+        s3 = S3Settings(
+            endpoint=r["s3_endpoint"],
+            bucket=r["s3_bucket"],
+            region=r["s3_region"],
+            access_key=_secret(r["s3_access_key_file"], "[receiver] s3_access_key_file"),
+            secret_key=_secret(r["s3_secret_key_file"], "[receiver] s3_secret_key_file"),
+        )
+        sources.append(S3Exports(s3))
+    if not sources:
+        raise ConfigError(
+            f'{where} source = "emqx" reads EMQX\'s exports: set exports_dir or s3_bucket'
+        )
+    return sources
 
 
 # -- commands -----------------------------------------------------------------
@@ -176,11 +231,13 @@ def cmd_upload_status(station: Station, cfg: Config, args: argparse.Namespace) -
         outbox.sync(station.ledger)
         summary = outbox.summary()
         rows = outbox.list(limit=args.limit)
+        failed = outbox.list(limit=args.limit, state="failed")
     finally:
         outbox.close()
     link = _daemon_link(station.home) if _daemon_running(station.home) else None
     if args.json:
-        print(json.dumps({"queue": summary, "link": link, "transfers": rows}, indent=1))
+        doc = {"queue": summary, "link": link, "transfers": rows, "failed": failed}
+        print(json.dumps(doc, indent=1))
         return EXIT_OK
     broker = cfg.get("mqtt", "host")
     if not broker:
@@ -205,6 +262,11 @@ def cmd_upload_status(station: Station, cfg: Config, args: argparse.Namespace) -
             f"  {row['sha256']}  {row['state']:<11} {row['confirmed_bytes'] >> 20}/{row['size'] >> 20} MiB"
             f"  {row['name']}{err}"
         )
+    if failed:
+        # Refused for good (never retried alone): each with the platform's reason.
+        print(f"failed ({counts.get('failed', 0)}); `evidock upload retry SHA256` once fixed:")
+        for row in failed:
+            print(f"  {row['sha256']}  {row['name']}: {row['last_error'] or 'no reason recorded'}")
     return EXIT_OK
 
 
@@ -266,6 +328,8 @@ def _lock(path: Path) -> int:
 
 
 def cmd_receive(cfg: Config, args: argparse.Namespace) -> int:
+    if cfg.get("receiver", "source") == "emqx":
+        return _receive_emqx(cfg, args)
     settings = receiver_settings(cfg, Path(args.receiver_home) if args.receiver_home else None)
     receiver = Receiver(settings)
     try:
@@ -292,6 +356,42 @@ def cmd_receive(cfg: Config, args: argparse.Namespace) -> int:
             os.close(lock)
     finally:
         receiver.close()
+    return EXIT_OK
+
+
+def _receive_emqx(cfg: Config, args: argparse.Namespace) -> int:
+    """`evidock receive` with ``source = "emqx"``: the receipt service (receiver.receipts)."""
+    settings = export_settings(cfg, Path(args.receiver_home) if args.receiver_home else None)
+    service = ReceiptService(settings, [] if args.show_key else export_sources(cfg))
+    try:
+        if args.show_key:
+            print(service.verifier.vkey)
+            return EXIT_OK
+        lock = _lock(settings.home / "receive.lock")  # one process per state folder
+        if not settings.stations:
+            raise ConfigError(f"{cfg.source}: [receiver] stations is empty; no upload is accepted")
+        client_id = RECEIVER_CLIENT_ID
+        if settings.partitions > 1:  # each partition keeps its own persistent session
+            client_id = f"{RECEIVER_CLIENT_ID}-{settings.partition}"
+        mqtt = mqtt_settings(cfg, username=PLATFORM_USER, client_id=client_id)
+        if mqtt is None:
+            raise ConfigError(f"{cfg.source}: [mqtt] host is empty; nothing to listen to")
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        log.warning(
+            "evidock receive (emqx): %d station(s), partition %d of %d, receipts signed by %s",
+            len(settings.mine),
+            settings.partition,
+            settings.partitions,
+            service.verifier.vkey,
+        )
+        try:
+            serve_exports(service, mqtt, stop)
+        finally:
+            os.close(lock)
+    finally:
+        service.close()
     return EXIT_OK
 
 

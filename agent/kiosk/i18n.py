@@ -98,6 +98,8 @@ _ZH: dict[str, str] = {
     "uplink.no_receipt": "尚无回执",
     "uplink.current": "正在上传：{name}（{pct}%）",
     "uplink.failed": "{n} 个文件上传失败，请联系管理员",
+    "uplink.failed_file": "上传失败：{name}（原因：{reason}）",
+    "uplink.failed_no_reason": "未记录原因",
     # recordings (supervisors)
     "rec.title": "音视频记录",
     "rec.filter.officer": "警号",
@@ -299,6 +301,8 @@ _EN: dict[str, str] = {
     "uplink.no_receipt": "No receipt yet",
     "uplink.current": "Uploading: {name} ({pct}%)",
     "uplink.failed": "{n} file(s) failed to upload; ask an administrator",
+    "uplink.failed_file": "Upload failed: {name} (reason: {reason})",
+    "uplink.failed_no_reason": "no reason recorded",
     "rec.title": "Recordings",
     "rec.filter.officer": "Officer",
     "rec.filter.device": "Device",

@@ -265,6 +265,11 @@ def uplink_view(
     failed = int((queue.get("counts") or {}).get("failed") or 0)
     if failed:
         lines.append(t("uplink.failed", n=failed))
+    # Refused for good by the platform: each with its reason (issue 12 item 5).
+    for item in upload.get("failed") or ():
+        if isinstance(item, Mapping) and item.get("name"):
+            reason = str(item.get("error") or t("uplink.failed_no_reason"))
+            lines.append(t("uplink.failed_file", name=str(item["name"]), reason=reason))
     current = upload.get("current")
     if isinstance(current, Mapping) and current.get("name"):
         size = int(current.get("size") or 0)

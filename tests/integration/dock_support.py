@@ -383,6 +383,8 @@ class Rig:
         values: dict[str, dict[str, object]] = {
             "checkpoint": {"interval_s": 1},
             "offload": {"wipe": "never", "free_margin_mb": 0},
+            # The rig's platform, when a test gives it one, is mosquitto + `evidock receive`.
+            "upload": {"broker": "mosquitto"},
             "usb": {
                 "enabled": True,
                 "mount_root": str(self.mount_root),

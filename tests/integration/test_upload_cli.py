@@ -41,6 +41,7 @@ ca_file = "{broker.ca_file}"
 password_file = "{secret}"
 
 [upload]
+broker = "mosquitto"
 platform_key = "{platform_key}"
 result_timeout_s = 5
 receipt_timeout_s = 5

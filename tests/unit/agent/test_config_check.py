@@ -198,3 +198,57 @@ def test_cli_config_check(
     assert "the built-in defaults apply" in capsys.readouterr().out
     assert main(["config", "check", "--help"]) == 0
     assert "usage: evidock config check" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # EMQX reads the level after the prefix as the file id: only "$file-async" parses.
+        (
+            '[upload]\ntopic_prefix = "$file-async/{station}"\n',
+            "evidock.toml:2: [upload] topic_prefix: '$file-async/{station}': EMQX parses only",
+        ),
+        (
+            '[upload]\nbroker = "emqx"\ntopic_prefix = "$file"\n',
+            "evidock.toml:3: [upload] topic_prefix",
+        ),
+        # mosquitto: the ACL confines each dock by its {station} level.
+        (
+            '[upload]\nbroker = "mosquitto"\ntopic_prefix = "$file-async"\n',
+            "evidock.toml:3: [upload] topic_prefix: '$file-async': with mosquitto it needs a "
+            "{station} level",
+        ),
+        ('[upload]\nbroker = "hivemq"\n', "evidock.toml:2: [upload] broker: must be one of"),
+        # EMQX refuses segments_ttl 0 (emqx_ft_schema.erl: pos_integer()).
+        (
+            "[upload]\nsegments_ttl_s = 0\n",
+            "evidock.toml:2: [upload] segments_ttl_s: must be positive",
+        ),
+    ],
+)
+def test_upload_broker_kind_prefix_and_ttl(tmp_path: Path, text: str, expected: str) -> None:
+    found = lines(tmp_path, text)
+    # The dock's refusal first; `evidock receive` (the same file) may refuse it as well.
+    assert found and found[0].startswith(expected), found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[upload]\n",  # the defaults: EMQX, its own prefix
+        '[upload]\nbroker = "emqx"\ntopic_prefix = "$file-async"\n',
+        '[upload]\nbroker = "mosquitto"\n',
+        '[upload]\nbroker = "mosquitto"\ntopic_prefix = "evidock/{station}/ft"\n',
+    ],
+)
+def test_upload_prefixes_each_kind_parses(tmp_path: Path, text: str) -> None:
+    assert lines(tmp_path, text) == []
+
+
+def test_the_shipped_upload_defaults_are_emqx() -> None:
+    upload = config.load(SHIPPED).values["upload"]
+    assert upload["broker"] == "emqx" and upload["topic_prefix"] == ""
+    text = SHIPPED.read_text(encoding="utf-8")
+    section = text[text.index("[upload]") : text.index("[receiver]")]
+    for word in ("e5.3.2", "file id", "{station}", "positive"):
+        assert word in section

@@ -4,6 +4,7 @@ retention class and age, resumable from its confirmed ranges, flat in memory."""
 from __future__ import annotations
 
 import gc
+import sqlite3
 import stat
 import tracemalloc
 from collections.abc import Iterator
@@ -14,10 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
 
 from hashing.entries import INGEST
 from hashing.errors import InputError
 from hashing.ledger import Ledger
+from uploader import outbox as outbox_module
 from uploader.outbox import PRIORITY, STATES, TAG, UPLOAD_RECEIPT, Outbox
 
 STATION = "dock-01"
@@ -529,3 +533,56 @@ def test_memory_does_not_grow_with_the_queue(tmp_path: Path) -> None:
     large = _peak_bytes(tmp_path / "large", 27_000)
     assert large < 8 << 20
     assert large < small * 1.1 + (256 << 10), (small, large)
+
+
+# -- the frozen init (issue 12) ------------------------------------------------------
+
+
+def test_the_frozen_init_is_kept_across_resets_and_dropped_by_retry(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    ingest(ledger, 1)
+    box = Outbox.for_home(tmp_path)
+    box.sync(ledger)
+    assert box.frozen_init(sha(1)) is None
+    assert box.freeze_init(sha(1), b'{"first":1}')
+    assert not box.freeze_init(sha(1), b'{"second":2}'), "only the first init is frozen"
+    box.mark_initialised(sha(1))
+    box.reset(sha(1))  # the platform lost the segments: the same transfer, the same init
+    assert box.frozen_init(sha(1)) == b'{"first":1}'
+    box.close()
+    box = Outbox.for_home(tmp_path)  # durable across a restart
+    assert box.frozen_init(sha(1)) == b'{"first":1}'
+    box.mark_failed(sha(1), "refused by the platform (EMQX) at init: filemeta_conflict")
+    assert box.frozen_init(sha(1)) == b'{"first":1}'
+    box.retry(sha(1))  # the operator starts it over: built afresh
+    assert box.frozen_init(sha(1)) is None
+    box.freeze_init(sha(1), b"again")
+    box.thaw_init(sha(1))
+    assert box.frozen_init(sha(1)) is None
+    box.close()
+
+
+def test_an_outbox_of_the_first_schema_migrates(tmp_path: Path) -> None:
+    """An outbox written before the frozen init gains its column and keeps its rows."""
+    path = tmp_path / "outbox.db"
+    first_only = Migrations("evidock.outbox")  # the same set, as the previous version had it
+    first_only()(outbox_module.m001_outbox)
+    conn = sqlite3.connect(path)
+    first_only.apply(Database(conn))
+    conn.execute(
+        "INSERT INTO transfers (sha256, seq, size, name, recorded_at, priority, state,"
+        " enqueued_at, updated_at) VALUES (?, 0, 10, 'OLD.MP4', 't', 2, 'initialised', 0, 0)",
+        (sha(9),),
+    )
+    conn.commit()
+    conn.close()
+    box = Outbox(path)
+    try:
+        old = box.get(sha(9))
+        assert old is not None and old.state == "initialised" and old.name == "OLD.MP4"
+        assert box.frozen_init(sha(9)) is None
+        assert box.freeze_init(sha(9), b"init")
+        assert box.frozen_init(sha(9)) == b"init"
+    finally:
+        box.close()

@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from agent.offload.ingest import Binding, IngestResult, ingest_paths
 from agent.records import registry as records
 from hashing.audit import audit
+from hashing.errors import InputError
 from hashing.note import NoteSigner, NoteVerifier
 from hashing.station import Station
 from receiver.service import Receiver, ReceiverSettings
@@ -533,3 +534,63 @@ def test_snapshot_shows_the_file_being_sent_and_the_refusal(
         assert snap["current"] is None and snap["link"]["refused"] is None
     finally:
         sim.close()
+
+
+# -- EMQX kind: the ledger mirror's bytes, failed transfers shown (issue 12) -------------
+
+
+def test_the_mirror_batch_is_the_ledger_exactly_with_its_checkpoint(tmp_path: Path) -> None:
+    bed = make_bed(tmp_path, (100, 200, 300), seed=5)
+    try:
+        files = sender.StationFiles(bed.station, SEGMENT)
+        ledger = bed.station.ledger
+        size = ledger.size()
+        assert files.mirror_end(0) == size  # one stored checkpoint: make_bed signed it
+        assert files.mirror_end(size) is None  # nothing above the held size
+        batch = files.mirror_batch(0, size)
+        assert [raw for _, raw in ledger.raw_entries(0, size)] == list(batch.entries)
+        assert batch.checkpoint == ledger.latest_checkpoint().note  # type: ignore[union-attr]
+        payload = batch.to_json()
+        assert protocol.MirrorBatch.from_json(payload) == batch
+        assert len(payload) <= protocol.mirror_payload_bytes(
+            sum(len(e) for e in batch.entries), len(batch.entries), len(batch.checkpoint)
+        )
+        with pytest.raises(InputError):
+            files.mirror_batch(0, size - 1)  # no checkpoint of that size
+    finally:
+        bed.receiver.close()
+
+
+def test_a_checkpoint_is_signed_for_the_mirror_when_the_ledger_grew(
+    tmp_path: Path,
+) -> None:
+    bed = make_bed(tmp_path, (100,), seed=6)
+    try:
+        files = sender.StationFiles(bed.station, SEGMENT)
+        ledger = bed.station.ledger
+        assert files.sign_for_mirror(0.0, None) is None  # up to date
+        ledger.append(records.TAG, {"files": [], "case": "c-1", "retention": "routine"})
+        grew = files.sign_for_mirror(10.0, None)
+        assert grew == 10.0, "grown just now: it waits a little for more"
+        assert files.sign_for_mirror(12.0, grew) == 10.0
+        assert files.sign_for_mirror(10.0 + sender.MIRROR_SIGN_S, grew) is None
+        latest = ledger.latest_checkpoint()
+        assert latest is not None and latest.checkpoint.size == ledger.size()
+    finally:
+        bed.receiver.close()
+
+
+def test_the_snapshot_lists_failed_transfers_with_their_reason(tmp_path: Path) -> None:
+    bed = make_bed(tmp_path, (100,), seed=7)
+    up = Uploader(bed.station, UploadSettings(broker="emqx"), None)
+    try:
+        assert up.topics.prefix == "$file-async"
+        up.outbox.sync(bed.station.ledger)
+        file_id = bed.results[0].sha256
+        up.outbox.mark_failed(file_id, "refused by the platform (EMQX) at init: filemeta_conflict")
+        (failed,) = up.snapshot()["failed"]
+        assert failed["sha256"] == file_id and "filemeta_conflict" in failed["error"]
+        assert failed["name"]
+    finally:
+        up.close()
+        bed.receiver.close()

@@ -55,16 +55,19 @@ from uploader.transfer import (
     BackOff,
     CheckpointPublished,
     ConfirmSegment,
+    FreezeInit,
     Key,
     MarkFailed,
     MarkFinished,
     MarkInitialised,
     NoteError,
     Publish,
+    PublishMirror,
     ReceiptCheck,
     RecordReceipt,
     Reset,
     SaveHeld,
+    ThawInit,
     TransferMachine,
     UploadSettings,
     check_receipt,
@@ -98,6 +101,7 @@ class Row:
     attempts: int = 0
     last_error: str | None = None
     segments: dict[int, int] = field(default_factory=dict)  # offset -> length
+    init: bytes | None = None  # the frozen init payload
 
 
 class FakeOutbox:
@@ -159,6 +163,9 @@ class FakeOutbox:
         )
         return [t for _, s in due[:limit] if (t := self.get(s)) is not None]
 
+    def frozen_init(self, sha256: str) -> bytes | None:
+        return self.rows[sha256].init
+
     # the writes
 
     def apply(self, action: Action) -> None:
@@ -186,6 +193,10 @@ class FakeOutbox:
             case RecordReceipt(sha256=s):
                 self.rows[s].state = RECEIPTED
                 self.rows[s].segments.clear()
+            case FreezeInit(sha256=s, payload=p) if self.rows[s].init is None:
+                self.rows[s].init = p
+            case ThawInit(sha256=s):
+                self.rows[s].init = None
             case SaveHeld(size=n):
                 self.meta["held_size"] = str(n)
             case CheckpointPublished(size=n):
@@ -197,6 +208,7 @@ class FakeOutbox:
         row = self.rows[sha256]
         row.state, row.finished_at, row.last_error = QUEUED, None, None
         row.segments.clear()
+        row.init = None
 
 
 class FakeStation:
@@ -221,6 +233,11 @@ class FakeStation:
         entry = f'{{"seq":{transfer.seq}}}'.encode()
         note = f"checkpoint {self.checkpoint_size}\n"
         return Provenance(STATION, entry, (), note, held, ())
+
+    def mirror_end(self, start: int) -> int | None:
+        """Every size is signed here: at most MIRROR_MAX_ENTRIES at a time."""
+        size = self.checkpoint_size
+        return None if size <= start else min(size, start + protocol.MIRROR_MAX_ENTRIES)
 
     def segment(self, transfer: Transfer, offset: int, length: int) -> tuple[bytes, str]:
         self.reads += 1
@@ -252,6 +269,7 @@ class Platform:
         self.files: dict[str, bytes] = {}
         self.held = 0
         self.commands: list[Key] = []
+        self.refuse_next_init: str | None = None  # RC_RETRY with this text, once
 
     def handle(self, msg: Publish) -> list[Answer]:
         key = msg.key
@@ -264,8 +282,11 @@ class Platform:
         assert msg.correlation == protocol.correlation(
             key.file_id, key.kind, key.offset if key.kind == "segment" else None
         )
-        code, receipt = self._command(cmd, msg.payload)
         held = self.held if key.kind == "init" else None
+        if key.kind == "init" and self.refuse_next_init is not None:
+            text, self.refuse_next_init = self.refuse_next_init, None
+            return [Answer(key, Result(msg.topic, 0, RC_RETRY, text, held))]
+        code, receipt = self._command(cmd, msg.payload)
         out = [Answer(key, Result(msg.topic, 0, code, f"model 0x{code:02x}", held))]
         if receipt:
             out.append(Answer(key, receipt=key.file_id))
@@ -447,7 +468,13 @@ class Dock:
         return actions
 
     def deliver(
-        self, code: int = 0, *, lose: bool = False, twice: bool = False, refuse: int = 0
+        self,
+        code: int = 0,
+        *,
+        lose: bool = False,
+        twice: bool = False,
+        refuse: int = 0,
+        text: str = "refused",
     ) -> None:
         """The oldest queued message reaches the broker, PUBACK ``code``; if delivered,
         the platform handles it; its answers wait for the dock (or are lost, or come
@@ -462,7 +489,7 @@ class Dock:
         answers = self.platform.handle(queued.action)
         if refuse and answers and answers[0].result is not None:
             r = answers[0].result
-            answers = [Answer(answers[0].key, Result(r.topic, 0, refuse, "refused", r.held_size))]
+            answers = [Answer(answers[0].key, Result(r.topic, 0, refuse, text, r.held_size))]
         if not lose:
             self.answers.extend(answers * (2 if twice else 1))
 
@@ -1094,3 +1121,392 @@ def test_settings_from_config() -> None:
         UploadSettings.from_config({"platform_key": "nonsense"}, 0)
     with pytest.raises(ConfigError, match="schedule window 1"):
         UploadSettings.from_config({"schedule": [{"from": "7"}]}, 0)
+
+
+# -- the frozen init (issue 12 item 2) ---------------------------------------------------
+
+NEWER_PROOF = "send a consistency proof from size 2 (the checkpoint held here)"
+OLDER_CHECKPOINT = (
+    "checkpoint size 1 is older than the held size 2 and unknown here; "
+    "send a checkpoint of size 2 or more"
+)
+
+interruptions = st.lists(
+    st.sampled_from(
+        [
+            "tick",
+            "deliver",
+            "lose",
+            "error_puback",
+            "no_subscribers",
+            "timeout",
+            "reconnect",
+            "reconnect_lost",
+            "crash",
+            "ledger_grows",
+            "held_grows",
+            "refuse_retry",
+            "refuse_restart",
+            "refuse_quota",
+            "newer_proof",
+            "older_checkpoint",
+            "operator_retry",
+            # weighted: the interruptions that make an init go again
+            *("crash", "timeout", "reconnect_lost", "error_puback", "newer_proof") * 2,
+        ]
+    ),
+    max_size=80,
+)
+
+
+def _interrupt(dock: Dock, op: str, log: list[tuple[str, str, bytes]]) -> None:
+    """One interruption of the kinds a dock meets; ``log`` gets ("retry", sha, b"")
+    when the operator starts a file over."""
+    wire = bool(dock.wire)
+    if op == "tick":
+        dock.tick()
+    elif op == "progress":
+        dock.tick()
+        while dock.wire:
+            dock.deliver()
+        while dock.answers:
+            dock.answer()
+    elif op in ("deliver", "lose") and wire:
+        dock.deliver(lose=op == "lose")
+    elif op == "error_puback" and wire:
+        dock.deliver(0x80)
+    elif op == "no_subscribers" and wire:
+        dock.deliver(0x10)
+    elif op == "timeout":
+        dock.now += TIMEOUT + 1
+        dock.tick()
+    elif op in ("reconnect", "reconnect_lost"):
+        dock.reconnect(session_present=op == "reconnect")
+    elif op == "crash":
+        # The agent is killed: paho's queue and whatever waited for it are gone; a new
+        # machine starts from the outbox (the frozen inits are in it).
+        dock.wire.clear()
+        dock.answers.clear()
+        dock.machine = TransferMachine(
+            dock.settings,
+            TOPICS,
+            dock.outbox,
+            dock.station,
+            origin=ORIGIN,
+            held=int(dock.outbox.meta.get("held_size", 0)),
+        )
+        dock.feed(("start",), dock.machine.start())
+        dock.link_up(session_present=False)
+    elif op == "ledger_grows":
+        dock.station.checkpoint_size += 1  # a rebuilt init would now differ
+    elif op == "held_grows":
+        dock.platform.held += 1
+        cp = Checkpoint(ORIGIN, dock.platform.held, bytes(32))
+        dock.feed(("held",), dock.machine.held(cp))
+    elif op.startswith("refuse_") and wire and dock.wire[0].action.key.kind == "init":
+        code = {"refuse_retry": RC_RETRY, "refuse_restart": RC_RESTART}.get(op, RC_QUOTA)
+        dock.deliver(refuse=code)
+        while dock.answers:
+            dock.answer()
+    elif op in ("newer_proof", "older_checkpoint"):
+        # The receiver will answer the next init it sees with a request for newer proof.
+        dock.platform.refuse_next_init = NEWER_PROOF if op == "newer_proof" else OLDER_CHECKPOINT
+    elif op == "operator_retry":
+        for file_id, row in dock.outbox.rows.items():
+            if row.state != RECEIPTED:
+                dock.outbox.retry(file_id)
+                log.append(("retry", file_id, b""))
+                break
+
+
+STATS: Counter[str] = Counter()  # what the property test met, to see it is not vacuous
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=files, ops=interruptions)
+def test_every_init_of_a_transfer_is_byte_identical_unless_it_started_over(
+    data: list[bytes], ops: list[str]
+) -> None:
+    """Across any interruption sequence (lost answers, error PUBACKs, timeouts, lost
+    sessions, the agent killed and restarted, the ledger and the held size moving,
+    refusals), every init of a transfer carries the same bytes as its first, except
+    after a start-over: `evidock upload retry`, or the mosquitto receiver asking for a
+    newer proof (then ThawInit comes first)."""
+    dock = Dock(data, max_queued=100)
+    log: list[tuple[str, str, bytes]] = []
+    seen = 0
+
+    def collect() -> None:
+        nonlocal seen
+        for _, action in dock.actions[seen:]:
+            if isinstance(action, Publish) and action.key.kind == "init":
+                log.append(("init", action.key.file_id, action.payload))
+            elif isinstance(action, ThawInit):
+                log.append(("thaw", action.sha256, b""))
+            elif isinstance(action, FreezeInit):
+                log.append(("freeze", action.sha256, action.payload))
+        seen = len(dock.actions)
+
+    for op in ops:
+        _interrupt(dock, op, log)
+        collect()
+    dock.listening = True
+    dock.run()
+    collect()
+    first: dict[str, bytes] = {}
+    sends: Counter[str] = Counter()
+    for what, file_id, payload in log:
+        if what in ("retry", "thaw"):
+            first.pop(file_id, None)
+        elif what == "freeze":
+            assert file_id not in first, "a second freeze without a start-over"
+            first[file_id], sends[file_id] = payload, 0
+        else:
+            assert payload == first[file_id], "an init differs from the frozen one"
+            sends[file_id] += 1
+            STATS["resent"] += sends[file_id] > 1
+    STATS.update(what for what, _, _ in log)
+    dock.check_done()
+
+
+def test_a_request_for_a_newer_proof_thaws_the_init_and_builds_it_afresh() -> None:
+    dock = Dock([bytes(100)])
+    file_id = next(iter(dock.sources))
+    first = until(dock, "init").action.payload
+    assert dock.outbox.rows[file_id].init == first
+    dock.station.checkpoint_size = 7
+    dock.deliver(refuse=RC_RETRY, text=NEWER_PROOF)
+    dock.answer()
+    assert ThawInit(file_id) in [a for _, a in dock.actions]
+    again = until(dock, "init").action.payload
+    assert again != first and "checkpoint 7" in again.decode()
+    assert dock.outbox.rows[file_id].init == again
+    # Another refusal (not a request for a newer proof) keeps the frozen bytes.
+    dock.deliver(refuse=RC_RETRY, text="internal error")
+    dock.answer()
+    assert until(dock, "init").action.payload == again
+
+
+# -- a stock EMQX (issue 12 items 1, 5) -----------------------------------------------------
+
+EMQX_TOPICS = Topics(STATION, protocol.EMQX_PREFIX)
+ERROR = 0x80
+
+
+class Emqx:
+    """The machine configured for EMQX, driven by hand: what it publishes is collected;
+    PUBACKs and results are given explicitly."""
+
+    def __init__(self, files: list[bytes]) -> None:
+        self.now = 100.0
+        self.outbox = FakeOutbox(lambda: EPOCH + self.now)
+        self.station = FakeStation()
+        for data in files:
+            self.station.stored[self.outbox.add(data)] = data
+        self.settings = UploadSettings(
+            broker="emqx", segment_bytes=SEGMENT, window_segments=WINDOW, result_timeout_s=TIMEOUT
+        )
+        assert self.settings.prefix_template == "$file-async"
+        self.machine = TransferMachine(
+            self.settings, EMQX_TOPICS, self.outbox, self.station, origin=ORIGIN
+        )
+        self.sent: list[Publish | PublishMirror] = []
+        self.mids: dict[Key, int] = {}
+        self.actions: list[Action] = []
+        self.apply(self.machine.link_up(False, None, self.now))
+
+    def apply(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+        for action in actions:
+            self.actions.append(action)
+            self.outbox.apply(action)
+            if isinstance(action, Publish | PublishMirror):
+                self.sent.append(action)
+                mid = len(self.sent)
+                self.mids[action.key] = mid
+                self.apply(self.machine.queued(action.key, mid))
+        return actions
+
+    def tick(self) -> tuple[Action, ...]:
+        return self.apply(self.machine.tick(self.now, EPOCH + self.now).actions)
+
+    def puback(self, key: Key, code: int = 0) -> tuple[Action, ...]:
+        return self.apply(self.machine.puback(self.mids[key], code, "Unspecified error", self.now))
+
+    def result(self, key: Key, description: str = "success") -> tuple[Action, ...]:
+        code = 0 if description == "success" else ERROR
+        result = Result("$file-async/x", 1, code, description)
+        return self.apply(self.machine.result(key, result, self.now))
+
+    def answer(self, key: Key, description: str = "success") -> tuple[Action, ...]:
+        """What EMQX does: PUBACK 0x00 or 0x80, then the result with the reason."""
+        out = self.puback(key, 0 if description == "success" else ERROR)
+        return out + self.result(key, description)
+
+    def published(self, kind: str) -> list[Publish]:
+        return [a for a in self.sent if isinstance(a, Publish) and a.key.kind == kind]
+
+
+def test_emqx_init_is_tiny_canonical_and_under_the_prefix_alone() -> None:
+    emqx = Emqx([bytes(100)])
+    emqx.tick()
+    (init,) = emqx.published("init")
+    file_id = init.key.file_id
+    assert init.topic == f"$file-async/{file_id}/init"
+    meta = FileMeta.from_json(init.payload)
+    assert meta.user_data == {"evidock": 1, "seq": 1, "station": STATION}
+    assert b'"user_data":{"evidock":1,"seq":1,"station":"dock-01"}' in init.payload
+    assert meta.segments_ttl == 86400 and len(init.payload) < 400
+    assert FreezeInit(file_id, init.payload) in emqx.actions
+
+
+def test_emqx_error_puback_waits_for_the_result_which_decides() -> None:
+    """emqx_ft PUBACKs 0x80 for every error: no back-off on it, the result names it."""
+    emqx = Emqx([bytes(100)])
+    emqx.tick()
+    key = emqx.published("init")[0].key
+    assert emqx.puback(key, ERROR) == ()
+    assert key in emqx.machine.pending()
+    assert emqx.machine.refusal is None
+
+
+@pytest.mark.parametrize(
+    "reason", ["filemeta_conflict", "invalid_filemeta", "invalid_file_command", "invalid_topic"]
+)
+def test_emqx_permanent_refusal_fails_with_its_reason_once(
+    reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    emqx = Emqx([bytes(100)])
+    emqx.tick()
+    key = emqx.published("init")[0].key
+    with caplog.at_level("ERROR", logger="uploader.transfer"):
+        actions = emqx.answer(key, reason)
+        for _ in range(20):
+            emqx.now += TIMEOUT + 1
+            emqx.tick()
+    (failed,) = [a for a in actions if isinstance(a, MarkFailed)]
+    assert failed.sha256 == key.file_id and reason in failed.error
+    assert emqx.outbox.rows[key.file_id].state == FAILED
+    assert reason in str(emqx.outbox.rows[key.file_id].last_error)
+    assert len(emqx.published("init")) == 1, "a permanent refusal was retried"
+    assert [r.levelname for r in caplog.records if reason in r.getMessage()] == ["ERROR"]
+
+
+def test_emqx_transient_refusal_is_retried_with_back_off() -> None:
+    emqx = Emqx([bytes(3 * SEGMENT)])
+    emqx.tick()
+    init = emqx.published("init")[0]
+    emqx.answer(init.key)
+    emqx.tick()
+    segment = emqx.published("segment")[0].key
+    actions = emqx.answer(segment, "internal_error")
+    backoff = [a for a in actions if isinstance(a, BackOff)]
+    assert backoff and "internal_error" in backoff[0].reason
+    assert any(isinstance(a, NoteError) and "internal_error" in a.error for a in actions)
+    assert emqx.outbox.rows[segment.file_id].state in SENDABLE
+    before = len(emqx.published("segment"))
+    emqx.tick()
+    assert len(emqx.published("segment")) == before, "sent again inside the pause"
+    emqx.now += backoff[0].seconds
+    emqx.tick()
+    assert segment in [p.key for p in emqx.published("segment")[before:]]
+
+
+def test_emqx_fin_incomplete_sends_the_file_again_and_keeps_the_init() -> None:
+    data = bytes(2 * SEGMENT)
+    emqx = Emqx([data])
+    emqx.tick()
+    init = emqx.published("init")[0]
+    emqx.answer(init.key)
+    emqx.tick()
+    for p in emqx.published("segment"):
+        emqx.answer(p.key)
+    emqx.tick()
+    fin = emqx.published("fin")[0].key
+    actions = emqx.answer(fin, "incomplete")
+    assert Reset(fin.file_id) in actions
+    assert emqx.outbox.rows[fin.file_id].segments == {}
+    emqx.tick()
+    assert [p.payload for p in emqx.published("init")] == [init.payload, init.payload]
+
+
+def test_emqx_checksum_mismatch_is_permanent_on_fin_transient_on_a_segment() -> None:
+    assert protocol.emqx_refusal("fin", "checksum_mismatch") == protocol.PERMANENT
+    assert protocol.emqx_refusal("segment", "checksum_mismatch") == protocol.TRANSIENT
+    assert protocol.emqx_refusal("fin", "incomplete") == protocol.RESTART
+    for word in ("internal_error", "timeout", "enospc", "unsupported_ft_operation", ""):
+        assert protocol.emqx_refusal("init", word) == protocol.TRANSIENT
+
+
+# -- the ledger mirror, dock half (issue 12 item 4) ------------------------------------------
+
+
+def mirrors(emqx: Emqx) -> list[PublishMirror]:
+    return [a for a in emqx.sent if isinstance(a, PublishMirror)]
+
+
+def test_the_mirror_sends_from_the_held_size_up_to_the_latest_checkpoint() -> None:
+    emqx = Emqx([])
+    emqx.station.checkpoint_size = 3
+    emqx.tick()
+    (first,) = mirrors(emqx)
+    assert (first.start, first.end) == (0, 3) and first.key == Key("", "mirror", 0)
+    emqx.puback(first.key)
+    emqx.tick()
+    assert len(mirrors(emqx)) == 1, "sent again while the platform applies it"
+    # The platform applied it: held 3 == latest: nothing more.
+    assert SaveHeld(3) in emqx.apply(emqx.machine.held(Checkpoint(ORIGIN, 3, bytes(32))))
+    emqx.tick()
+    assert len(mirrors(emqx)) == 1
+    # The ledger grows past what the platform holds: the rest goes.
+    emqx.station.checkpoint_size = 5
+    emqx.tick()
+    assert [(m.start, m.end) for m in mirrors(emqx)] == [(0, 3), (3, 5)]
+
+
+def test_the_mirror_is_resent_when_the_held_size_does_not_move() -> None:
+    emqx = Emqx([])
+    emqx.station.checkpoint_size = 2
+    emqx.tick()
+    emqx.puback(mirrors(emqx)[0].key)
+    emqx.now += TIMEOUT / 2
+    emqx.tick()
+    assert len(mirrors(emqx)) == 1
+    emqx.now += TIMEOUT
+    emqx.tick()
+    assert [(m.start, m.end) for m in mirrors(emqx)] == [(0, 2), (0, 2)]
+    # A held note of another size (the platform has more, or less): from there at once.
+    emqx.apply(emqx.machine.held(Checkpoint(ORIGIN, 1, bytes(32))))
+    emqx.tick()
+    assert (mirrors(emqx)[-1].start, mirrors(emqx)[-1].end) == (1, 2)
+
+
+def test_the_mirror_keeps_its_batches_within_the_limits() -> None:
+    emqx = Emqx([])
+    emqx.station.checkpoint_size = protocol.MIRROR_MAX_ENTRIES + 10
+    emqx.tick()
+    (batch,) = mirrors(emqx)
+    assert batch.end - batch.start == protocol.MIRROR_MAX_ENTRIES
+
+
+def test_no_mirror_for_mosquitto() -> None:
+    """Its ACL does not let a dock write the ledger topic and nothing there reads it."""
+    dock = Dock([bytes(100)])
+    dock.station.checkpoint_size = 4
+    dock.run()
+    assert not any(isinstance(a, PublishMirror) for _, a in dock.actions)
+
+
+def test_settings_per_broker_kind() -> None:
+    assert UploadSettings().prefix_template == "$file-async/{station}"
+    assert UploadSettings(broker="emqx").prefix_template == "$file-async"
+    assert UploadSettings.from_config({}, 0).broker == "emqx"
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        UploadSettings(broker="emqx", prefix_template="$file-async/{station}")
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        UploadSettings.from_config({"broker": "mosquitto", "topic_prefix": "$file-async"}, 0)
+    # Built directly, a literal level is allowed (a test aiming at another dock's topics).
+    assert UploadSettings(prefix_template="$file-async/dock-02").prefix_template.endswith("02")
+    with pytest.raises(ConfigError, match="broker"):
+        UploadSettings(broker="hivemq")
+    with pytest.raises(ConfigError, match="segments_ttl_s"):
+        UploadSettings(segments_ttl_s=0)
