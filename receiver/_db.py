@@ -101,6 +101,16 @@ def m002_mirror_and_exports(db: Database) -> None:
             )
 
 
+@migrations()
+def m003_acknowledged(db: Database) -> None:
+    # The receipts a station has recorded: its `upload_receipt` entry, as mirrored
+    # (seq). A stored file without one is a receipt still owed to the dock.
+    db.execute(
+        "CREATE TABLE acknowledged (station TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " seq INTEGER NOT NULL, PRIMARY KEY (station, sha256)) WITHOUT ROWID"
+    )
+
+
 @dataclass(frozen=True)
 class ExportRow:
     status: str  # receipted | refused | waiting
@@ -500,6 +510,25 @@ class ReceiverDB:
                 "INSERT INTO mirror_nodes (station, level, idx, hash) VALUES (?, ?, ?, ?)",
                 [(station, level, index, h) for level, index, h in nodes],
             )
+
+    def acknowledge(self, station: str, receipts: list[tuple[str, int]]) -> None:
+        """Note the station's ``upload_receipt`` entries (file sha256, entry seq)."""
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO acknowledged (station, sha256, seq) VALUES (?, ?, ?)",
+                [(station, sha, seq) for sha, seq in receipts],
+            )
+
+    def unacknowledged(self, station: str, limit: int) -> list[str]:
+        """Receipts of the station's stored files that its mirrored ledger does not
+        record yet (oldest first): the signed notes, at most ``limit``."""
+        rows = self._all(
+            "SELECT f.receipt FROM files f LEFT JOIN acknowledged a"
+            " ON a.station = f.station AND a.sha256 = f.sha256"
+            " WHERE f.station = ? AND a.sha256 IS NULL ORDER BY f.stored_at, f.sha256 LIMIT ?",
+            (station, limit),
+        )
+        return [str(r[0]) for r in rows]
 
     # -- exports (EMQX path) -------------------------------------------------------
 

@@ -58,6 +58,7 @@ from hashing._fsutil import make_private_dir
 from hashing.entries import INGEST, Entry, check_station_id
 from hashing.errors import ConfigError, InputError, TransientError
 from hashing.note import NoteVerifier
+from hashing.retention import UPLOAD_RECEIPT
 from hashing.store import Store
 from receiver import mirror
 from receiver._db import ExportRow, ReceiverDB, Refusal, StoredFile
@@ -69,6 +70,7 @@ from uploader import link, protocol
 from uploader.link import LinkState, MqttSettings
 
 log = logging.getLogger(__name__)
+OWED = 64  # receipts re-sent per mirror message at most; the rest follow the next ones
 
 CLIENT_PREFIX = "evidock-"  # a dock's MQTT client id is evidock-{station} (the contract)
 USER_DATA_KEYS = frozenset({"evidock", "station", "seq"})
@@ -282,11 +284,20 @@ class ReceiptService:
             return []
         if isinstance(decision, mirror.Stale):
             held = self._db.held(station)
-            return [] if held is None else [Outgoing(held_topic, held.note.encode(), retain=True)]
+            out = [] if held is None else [Outgoing(held_topic, held.note.encode(), retain=True)]
+            return out + self._owed(station)
         cp = decision.checkpoint.checkpoint
         with self._db.tx():
             self._db.add_mirror(
                 station, [(e.seq, e.raw) for e in decision.entries], list(decision.nodes)
+            )
+            self._db.acknowledge(
+                station,
+                [
+                    (str(e.body.get("sha256")), e.seq)
+                    for e in decision.entries
+                    if e.type == UPLOAD_RECEIPT
+                ],
             )
             self._db.put_checkpoint(
                 station,
@@ -304,7 +315,19 @@ class ReceiptService:
             "y" if len(decision.entries) == 1 else "ies",
             cp.size,
         )
-        return [Outgoing(held_topic, decision.checkpoint.note.encode(), retain=True)]
+        return [
+            Outgoing(held_topic, decision.checkpoint.note.encode(), retain=True),
+            *self._owed(station),
+        ]
+
+    def _owed(self, station: str) -> list[Outgoing]:
+        """The receipts the station has not recorded yet, published again. A receipt
+        lost on its way (the dock's session gone with an EMQX node) is otherwise never
+        sent twice: EMQX answers a repeated fin itself and the service never hears of
+        it. The dock's mirror message is its word on what it has: each one, a new
+        batch or the same one again when a receipt is overdue, gets the missing ones."""
+        topic = protocol.Topics(station).receipts
+        return [Outgoing(topic, note.encode()) for note in self._db.unacknowledged(station, OWED)]
 
     # -- exports -------------------------------------------------------------------
 

@@ -1126,8 +1126,15 @@ class TransferMachine:
 
     def _resend_fins(self, now: float, wall: float) -> None:
         """Files the platform assembled whose receipt has not come: ask again (the
-        receiver publishes the receipt again for a file it already holds)."""
+        receiver publishes the receipt again for a file it already holds).
+
+        A stock EMQX answers a repeated fin itself and never tells the receipt
+        service, so there the dock also sends the mirror's last batch again (the
+        entry before the held size, with the held checkpoint): the service answers
+        every mirror message with the receipts the mirrored ledger does not record
+        yet (receiver.receipts ``_owed``). It is not awaited: the fin is."""
         older = wall - self.settings.receipt_timeout_s
+        asked = False
         for transfer in self.outbox.awaiting_receipt(older, FIN_RESENDS_PER_STEP):
             key = Key(transfer.sha256, "fin")
             if key in self._pending:
@@ -1135,6 +1142,10 @@ class TransferMachine:
             log.info("no receipt yet for %s; sending fin again", transfer.sha256[:12])
             topic = self.topics.fin(transfer.sha256, transfer.size, transfer.sha256)
             self._publish(key, topic, b"", now)
+            asked = True
+        if asked and self.settings.emqx and self.held_size > 0:
+            held = self.held_size
+            self._emit(PublishMirror(Key("", "mirror", held - 1), held - 1, held))
 
     def _pick(self) -> _Current | None:
         """The transfer to work on: the current one unless a higher class is waiting

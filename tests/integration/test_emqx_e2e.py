@@ -341,11 +341,10 @@ def test_a_dock_restored_from_an_old_backup_is_refused_as_a_fork(
     forked.start()
     try:
         other.plug_into(dock.root)
+        service = platform.service
         wait_for(
             "the fork to be refused and recorded",
-            lambda: any(
-                r.kind in ("fork", "rollback", "chain") for r in platform.service.refusals(STATION)
-            ),  # type: ignore[union-attr]
+            lambda: any(r.kind in ("fork", "rollback", "chain") for r in service.refusals(STATION)),
             timeout=90,
         )
     finally:

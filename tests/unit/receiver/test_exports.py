@@ -434,3 +434,24 @@ def test_an_s3_object_whose_bytes_do_not_match_is_refused(
         assert service.stored(sha) is None
     finally:
         service.close()
+
+
+def test_a_receipt_the_mirror_does_not_record_is_sent_again_until_it_does(
+    service: ReceiptService, dock: Dock, root: Path
+) -> None:
+    """EMQX answers a dock's repeated fin itself: a receipt lost on its way would never
+    come again. Each mirror message says what the dock has recorded; the receipts
+    its ledger lacks go with the answer, until an ``upload_receipt`` entry shows."""
+    data = data_of(900, 9)
+    entry = dock.add(data)
+    mirror(service, dock)
+    sha = hashlib.sha256(data).hexdigest()
+    fs_export(root, dock.client_id, sha, NAME, data, dock.filemeta(data, entry))
+    (sent,) = receipts(service.poll())
+    # The dock asks again (the last batch once more): the receipt goes again.
+    again = service.handle_ledger(dock.ledger_topic(), dock.mirror(dock.sent - 1))
+    assert receipts(again) == [sent]
+    # The dock records it; the mirror shows it: nothing is owed any more.
+    dock.station.ledger.append("upload_receipt", {"sha256": sha, "receipt": "…"})
+    assert receipts(mirror(service, dock)) == []
+    assert receipts(service.handle_ledger(dock.ledger_topic(), dock.mirror(dock.sent - 1))) == []

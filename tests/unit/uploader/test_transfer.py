@@ -1510,3 +1510,29 @@ def test_settings_per_broker_kind() -> None:
         UploadSettings(broker="hivemq")
     with pytest.raises(ConfigError, match="segments_ttl_s"):
         UploadSettings(segments_ttl_s=0)
+
+
+def test_an_overdue_receipt_sends_the_mirrors_last_batch_again_with_the_fin() -> None:
+    """EMQX answers a repeated fin itself; the receipt service hears of an overdue
+    receipt only through the mirror, and answers a mirror message with the receipts
+    the mirrored ledger lacks (receiver.receipts ``_owed``)."""
+    emqx = Emqx([bytes(2 * SEGMENT)])
+    emqx.station.checkpoint_size = 3
+    emqx.tick()
+    emqx.answer(emqx.published("init")[0].key)
+    emqx.tick()
+    for p in emqx.published("segment"):
+        emqx.answer(p.key)
+    emqx.tick()
+    emqx.answer(emqx.published("fin")[0].key)
+    emqx.apply(emqx.machine.held(Checkpoint(ORIGIN, 3, bytes(32))))
+    emqx.tick()
+    before = len(mirrors(emqx))
+    emqx.now += emqx.settings.receipt_timeout_s + 1
+    emqx.tick()
+    assert len(emqx.published("fin")) == 2, "the fin is asked again"
+    again = mirrors(emqx)[before:]
+    assert [(m.start, m.end) for m in again] == [(2, 3)], again
+    # Not awaited: the fin is. Nothing more until the next fin goes.
+    emqx.tick()
+    assert mirrors(emqx)[before:] == again
