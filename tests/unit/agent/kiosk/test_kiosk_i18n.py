@@ -293,3 +293,24 @@ def test_safe_to_unplug_is_shown_only_when_the_session_says_so(
         assert tile["safe"] in safe
         assert tile["unplug"] == (t("tile.safe") if tile["safe"] else t("tile.unsafe"))
         assert 0 <= tile["pct"] <= 100
+
+
+@pytest.mark.parametrize(
+    ("lang", "line"),
+    [
+        (EN, "Upload failed: A.MP4 (reason: filemeta_conflict)"),
+        (ZH, "上传失败：A.MP4（原因：filemeta_conflict）"),
+    ],
+)
+def test_uplink_panel_names_each_refused_file_with_its_reason(lang: str, line: str) -> None:
+    """A permanent refusal ends the transfer (issue 12 item 5): the supervisor sees
+    which file and why, in the kiosk's language, not just a count."""
+    t = Translator(lang)
+    upload = {
+        "link": {"configured": True, "connected": True, "broker": "mqtts://p:8883"},
+        "queue": {"counts": {"failed": 2}},
+        "failed": [{"name": "A.MP4", "error": "filemeta_conflict"}, {"name": "B.MP4"}],
+    }
+    lines = uplink_view(t, upload, 480)["lines"]
+    assert line in lines
+    assert t("uplink.failed_file", name="B.MP4", reason=t("uplink.failed_no_reason")) in lines
