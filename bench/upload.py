@@ -294,6 +294,14 @@ def run(out: Path, *, total: int, rounds: int, rss_queued: int, rss_seconds: int
             ours.append(_time_evidock(rig, source, scratch))
         small = _rss(rig, scratch, GIB, rss_seconds)
         large = _rss(rig, scratch, rss_queued, rss_seconds)
+        rig.close()
+        # The EMQX path (issue 12) on its own beds, once mosquitto + `evidock receive`
+        # are gone. Imported here: bench.upload_emqx imports this module's helpers.
+        from bench import upload_emqx  # noqa: PLC0415
+
+        emqx_rows, emqx_notes = upload_emqx.rows(
+            source, scratch, rounds=rounds, rss_queued=rss_queued, rss_seconds=rss_seconds
+        )
     finally:
         rig.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -322,7 +330,7 @@ def run(out: Path, *, total: int, rounds: int, rss_queued: int, rss_seconds: int
         "the baseline to the subscriber's last byte",
         f"upload RSS: the uploader runs {rss_seconds} s in a child process; flat means <= {FLAT_MB:.0f} MB growth",
     ]
-    return Section(rows, notes)
+    return Section(rows + emqx_rows, notes + emqx_notes)
 
 
 # -- children -------------------------------------------------------------------

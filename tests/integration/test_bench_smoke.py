@@ -27,6 +27,9 @@ ROWS = (
     "peak RSS, ingest one 256 MiB file",
     "upload 64 MiB to `evidock receive` (TLS)",
     "dock peak RSS, 2 GiB queued",
+    "upload 64 MiB via emqx_ft stand-in to receipt service (TLS)",
+    "upload 64 MiB via emqx_ft stand-in, vs mosquitto direct",
+    "EMQX dock peak RSS, 2 GiB queued",
 )
 RATIO = re.compile(r"\s\d+\.\d+x\s")
 
