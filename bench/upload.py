@@ -386,6 +386,14 @@ def _dock_child(
         ),
         settings,
     )
+    return drain_and_report(uploader, station, seconds, rest)
+
+
+def drain_and_report(
+    uploader: Uploader, station: Station, seconds: str, rest: tuple[str, ...]
+) -> int:
+    """The dock child's measurement: run ``uploader`` until everything is receipted
+    (or ``seconds`` pass), then print the time it took and the peak RSS."""
     started = time.perf_counter()
     uploader.start()
     try:
@@ -418,7 +426,9 @@ def _paho(user: str, password: str, ca: str, port: str) -> object:
     return client
 
 
-def _subscriber_child(port: str, ca: str, password: str, total: str) -> int:
+def subscribe_until(port: str, ca: str, password: str, total: str, topic_filter: str) -> int:
+    """The bare baseline's subscriber: prints ``ready``, then the time the last of
+    ``total`` bytes arrived on ``topic_filter``."""
     import paho.mqtt.client as mqtt  # noqa: PLC0415
 
     client = _paho("platform", password, ca, port)
@@ -433,7 +443,7 @@ def _subscriber_child(port: str, ca: str, password: str, total: str) -> int:
 
     client.on_message = on_message
     client.on_subscribe = lambda *_: ready.set()
-    client.subscribe("$file-async/+/#", qos=1)
+    client.subscribe(topic_filter, qos=1)
     client.loop_start()
     ready.wait(10)
     print("ready", flush=True)
@@ -444,18 +454,19 @@ def _subscriber_child(port: str, ca: str, password: str, total: str) -> int:
     return 0 if done.is_set() else 1
 
 
-def _publisher_child(port: str, ca: str, password: str, source: str) -> int:
+def publish_file(port: str, ca: str, password: str, source: str, topic: str, message: int) -> int:
+    """The bare baseline's publisher: ``source`` in ``message``-byte QoS 1 messages on
+    ``topic/<offset>``, 20 in flight; prints the time of the first publish."""
     import paho.mqtt.client as mqtt  # noqa: PLC0415
 
     client = _paho(STATION, password, ca, port)
     assert isinstance(client, mqtt.Client)
     client.loop_start()
-    topic = f"$file-async/{STATION}/{'0' * 64}"
     start = time.time()
     infos = []
     with Path(source).open("rb") as f:
         offset = 0
-        while chunk := f.read(MESSAGE):
+        while chunk := f.read(message):
             infos.append(client.publish(f"{topic}/{offset}", chunk, qos=1))
             offset += len(chunk)
             if len(infos) >= 20:
@@ -465,6 +476,14 @@ def _publisher_child(port: str, ca: str, password: str, source: str) -> int:
     client.loop_stop()
     print(f"{start:.6f}")
     return 0
+
+
+def _subscriber_child(port: str, ca: str, password: str, total: str) -> int:
+    return subscribe_until(port, ca, password, total, "$file-async/+/#")
+
+
+def _publisher_child(port: str, ca: str, password: str, source: str) -> int:
+    return publish_file(port, ca, password, source, f"$file-async/{STATION}/{'0' * 64}", MESSAGE)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,22 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench._report import GIB, MIB, Row, size_text
 from bench._system import child_peak_mb
-from bench.upload import FLAT_MB, REPO, STATION, _env, _paho, _peak_kib, _sparse_queue, _station
+from bench.upload import (
+    FLAT_MB,
+    REPO,
+    STATION,
+    _env,
+    _sparse_queue,
+    _station,
+    drain_and_report,
+    publish_file,
+    subscribe_until,
+)
 from hashing.note import NoteVerifier
 from hashing.station import Station
 from receiver.exports import LocalExports
@@ -297,68 +306,15 @@ def _dock_child(
         ),
         _mqtt(port, ca, STATION, password, f"evidock-{STATION}"),
     )
-    started = time.perf_counter()
-    uploader.start()
-    try:
-        done = uploader.drain(float(seconds))
-    finally:
-        uploader.close()
-        station.close()
-    elapsed = time.perf_counter() - started
-    if not done and "--partial" not in rest:
-        print(f"not drained within {seconds} s")
-        return 1
-    print(f"seconds {elapsed:.3f}")
-    print(f"VmHWM-KiB {_peak_kib()}")
-    return 0
+    return drain_and_report(uploader, station, seconds, rest)
 
 
 def _subscriber_child(port: str, ca: str, password: str, total: str) -> int:
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-
-    client = _paho("platform", password, ca, port)
-    assert isinstance(client, mqtt.Client)
-    want, got = int(total), [0]
-    done, ready = threading.Event(), threading.Event()
-
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        got[0] += len(msg.payload)
-        if got[0] >= want:
-            done.set()
-
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: ready.set()
-    client.subscribe(f"{BASE_TOPIC}/#", qos=1)
-    client.loop_start()
-    ready.wait(10)
-    print("ready", flush=True)
-    done.wait(600)
-    end = time.time()
-    client.loop_stop()
-    print(f"{end:.6f}")
-    return 0 if done.is_set() else 1
+    return subscribe_until(port, ca, password, total, f"{BASE_TOPIC}/#")
 
 
 def _publisher_child(port: str, ca: str, password: str, source: str) -> int:
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-
-    client = _paho(STATION, password, ca, port)
-    assert isinstance(client, mqtt.Client)
-    client.loop_start()
-    start = time.time()
-    infos = []
-    with Path(source).open("rb") as f:
-        offset = 0
-        while chunk := f.read(SEGMENT):
-            infos.append(client.publish(f"{BASE_TOPIC}/{offset}", chunk, qos=1))
-            offset += len(chunk)
-            if len(infos) >= 20:
-                infos.pop(0).wait_for_publish(60)
-    for info in infos:
-        info.wait_for_publish(60)
-    client.loop_stop()
-    print(f"{start:.6f}")
-    return 0
+    return publish_file(port, ca, password, source, BASE_TOPIC, SEGMENT)
 
 
 if __name__ == "__main__":

@@ -336,24 +336,16 @@ def cmd_receive(cfg: Config, args: argparse.Namespace) -> int:
         if args.show_key:
             print(receiver.verifier.vkey)
             return EXIT_OK
-        lock = _lock(settings.home / "receive.lock")  # one `evidock receive` per state folder
-        if not settings.stations:
-            raise ConfigError(f"{cfg.source}: [receiver] stations is empty; no upload is accepted")
-        mqtt = mqtt_settings(cfg, username=PLATFORM_USER, client_id=RECEIVER_CLIENT_ID)
-        if mqtt is None:
-            raise ConfigError(f"{cfg.source}: [mqtt] host is empty; nothing to listen to")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        log.warning(
-            "evidock receive: %d station(s), receipts signed by %s",
-            len(settings.stations),
-            receiver.verifier.vkey,
-        )
-        try:
+
+        def run(mqtt: MqttSettings, stop: threading.Event) -> None:
+            log.warning(
+                "evidock receive: %d station(s), receipts signed by %s",
+                len(settings.stations),
+                receiver.verifier.vkey,
+            )
             serve(receiver, mqtt, stop)
-        finally:
-            os.close(lock)
+
+        _serve_platform(cfg, settings.home, bool(settings.stations), RECEIVER_CLIENT_ID, run)
     finally:
         receiver.close()
     return EXIT_OK
@@ -367,32 +359,49 @@ def _receive_emqx(cfg: Config, args: argparse.Namespace) -> int:
         if args.show_key:
             print(service.verifier.vkey)
             return EXIT_OK
-        lock = _lock(settings.home / "receive.lock")  # one process per state folder
-        if not settings.stations:
-            raise ConfigError(f"{cfg.source}: [receiver] stations is empty; no upload is accepted")
         client_id = RECEIVER_CLIENT_ID
         if settings.partitions > 1:  # each partition keeps its own persistent session
             client_id = f"{RECEIVER_CLIENT_ID}-{settings.partition}"
+
+        def run(mqtt: MqttSettings, stop: threading.Event) -> None:
+            log.warning(
+                "evidock receive (emqx): %d station(s), partition %d of %d, receipts signed by %s",
+                len(settings.mine),
+                settings.partition,
+                settings.partitions,
+                service.verifier.vkey,
+            )
+            serve_exports(service, mqtt, stop)
+
+        _serve_platform(cfg, settings.home, bool(settings.stations), client_id, run)
+    finally:
+        service.close()
+    return EXIT_OK
+
+
+def _serve_platform(
+    cfg: Config,
+    home: Path,
+    has_stations: bool,
+    client_id: str,
+    run: Callable[[MqttSettings, threading.Event], None],
+) -> None:
+    """What both kinds of `evidock receive` do around their loop: one process per
+    state folder (the lock), a station list and a broker to listen to, and
+    SIGTERM/SIGINT to stop ``run(mqtt, stop)`` cleanly."""
+    lock = _lock(home / "receive.lock")
+    try:
+        if not has_stations:
+            raise ConfigError(f"{cfg.source}: [receiver] stations is empty; no upload is accepted")
         mqtt = mqtt_settings(cfg, username=PLATFORM_USER, client_id=client_id)
         if mqtt is None:
             raise ConfigError(f"{cfg.source}: [mqtt] host is empty; nothing to listen to")
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        log.warning(
-            "evidock receive (emqx): %d station(s), partition %d of %d, receipts signed by %s",
-            len(settings.mine),
-            settings.partition,
-            settings.partitions,
-            service.verifier.vkey,
-        )
-        try:
-            serve_exports(service, mqtt, stop)
-        finally:
-            os.close(lock)
+        run(mqtt, stop)
     finally:
-        service.close()
-    return EXIT_OK
+        os.close(lock)
 
 
 StationHandler = Callable[[Station, Config, argparse.Namespace], int]

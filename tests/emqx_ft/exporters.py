@@ -186,6 +186,14 @@ class S3Exporter:
         buffered = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
+
+        def upload_part(upload_id: str, body: bytes) -> None:
+            n = len(parts) + 1
+            etag = self.client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=body
+            )["ETag"]
+            parts.append({"PartNumber": n, "ETag": etag})
+
         try:
             for chunk in chunks:
                 digest.update(chunk)
@@ -196,15 +204,7 @@ class S3Exporter:
                         upload_id = self.client.create_multipart_upload(
                             Bucket=bucket, Key=key, Metadata=metadata
                         )["UploadId"]
-                    n = len(parts) + 1
-                    etag = self.client.upload_part(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=n,
-                        Body=b"".join(buffer),
-                    )["ETag"]
-                    parts.append({"PartNumber": n, "ETag": etag})
+                    upload_part(upload_id, b"".join(buffer))
                     buffer, buffered = [], 0
             checked = export_checksum(meta, fin_checksum, digest.digest())
             if isinstance(checked, Error):
@@ -217,15 +217,7 @@ class S3Exporter:
                 )
             else:
                 if buffer:
-                    n = len(parts) + 1
-                    etag = self.client.upload_part(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=n,
-                        Body=b"".join(buffer),
-                    )["ETag"]
-                    parts.append({"PartNumber": n, "ETag": etag})
+                    upload_part(upload_id, b"".join(buffer))
                 self.client.complete_multipart_upload(
                     Bucket=bucket,
                     Key=key,
