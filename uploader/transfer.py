@@ -1143,8 +1143,11 @@ class TransferMachine:
             topic = self.topics.fin(transfer.sha256, transfer.size, transfer.sha256)
             self._publish(key, topic, b"", now)
             asked = True
-        if asked and self.settings.emqx and self.held_size > 0:
-            held = self.held_size
+        latest = self.station.latest_checkpoint()
+        held = self.held_size
+        # Only a batch this ledger has signed: a platform ahead of it (a ledger restored
+        # from a backup) is _mirror's to report, not something to ask again with.
+        if asked and self.settings.emqx and 0 < held <= (latest.checkpoint.size if latest else 0):
             self._emit(PublishMirror(Key("", "mirror", held - 1), held - 1, held))
 
     def _pick(self) -> _Current | None:

@@ -327,6 +327,9 @@ def test_a_dock_restored_from_an_old_backup_is_refused_as_a_fork(
         wait_for("two receipts", lambda: len(receipts_of(dock.station)) == 2, timeout=90)
     finally:
         dock.close()
+    # Unplugged: the restored dock sees only the new camera (a recording still on
+    # CAM3 would be copied again, byte-identical, and rightly receipted).
+    shutil.rmtree(dock.root / "CAM3")
     assert platform.service is not None
     held = platform.service.mirror_size(STATION)
     # The station folder is replaced by the backup (key and signer state included) and
@@ -335,8 +338,10 @@ def test_a_dock_restored_from_an_old_backup_is_refused_as_a_fork(
     shutil.rmtree(dock.station.home)
     shutil.copytree(backup, dock.station.home, symlinks=True)
     restored = Station.open(dock.station.home)
-    other = DemoCamera(tmp_path / "cam-other", "CAM4", size=(160, 120))
-    other.record(1, 1)
+    # Other footage (another frame size), and enough of it that the restored ledger
+    # grows past what the platform holds: only then does the dock mirror it.
+    other = DemoCamera(tmp_path / "cam-other", "CAM4", size=(192, 144))
+    other.record(3, 1)
     forked = Dock(restored, dock.cfg, dock.root)
     forked.start()
     try:
